@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from threedsr_ns.llff import prepare_llff
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+FERN = SHARED_DATA / "llff" / "fern"
+
+
+@pytest.fixture(scope="session")
+def tiny_fern(tmp_path_factory) -> Path:
+    """Real LLFF fern, GT 128x96 and LR 32x24 (x4), as scripts/prepare_llff.py writes it."""
+    if not FERN.exists():
+        pytest.skip(f"{FERN} not found: the tests read LLFF fern from ../shared/data")
+    out = tmp_path_factory.mktemp("data") / "fern"
+    prepare_llff(FERN, out, scale=4, gt_width=128)
+    return out

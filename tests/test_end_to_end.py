@@ -1,0 +1,75 @@
+"""`ns-train 3dsr` as a user runs it, on real LLFF fern shrunk to 32x24 LR, with a tiny random SD-x4 model.
+
+Warm-up, two denoising steps with an HR phase each, checkpoints between and at the end; then the finished
+run is loaded the way ns-render / ns-eval load it and must render at s x the LR size.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+NS_TRAIN = Path(sys.executable).with_name("ns-train")
+WARMUP, STEPS, PHASE = 60, 2, 30
+
+
+def ns_train(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [
+        str(NS_TRAIN), "3dsr", "--data", str(data), "--output-dir", str(out), "--timestamp", "run",
+        "--vis", "tensorboard", "--machine.device-type", "cpu",
+        "--pipeline.sr-backend", "tiny-random",
+        "--pipeline.warmup-iters", str(WARMUP), "--pipeline.denoise-steps", str(STEPS),
+        "--pipeline.phase-iters", str(PHASE), "--pipeline.guidance-batch-size", "5",
+        "--steps-per-save", str(WARMUP + PHASE // 2), "--save-only-latest-checkpoint", "False",
+        "--steps-per-eval-image", "50", "--steps-per-eval-all-images", "100000",
+        "--logging.local-writer.enable", "False", *extra,
+    ]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_fern, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("outputs")
+    result = ns_train(tiny_fern, out)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return out / "fern" / "3dsr" / "run"
+
+
+def load_pipeline_state(ckpt: Path) -> dict:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["pipeline"]
+
+
+def test_training_runs_the_whole_schedule_and_swaps_hr_targets(finished_run: Path):
+    ckpts = sorted((finished_run / "nerfstudio_models").glob("step-*.ckpt"))
+    steps = [int(c.stem.split("-")[1]) for c in ckpts]
+    assert steps == [WARMUP + PHASE // 2, WARMUP + STEPS * PHASE - 1]
+    mid, end = (load_pipeline_state(c)["_extra_state"] for c in ckpts)
+
+    assert mid["steps_done"] == 1 and end["steps_done"] == STEPS
+    n_train = 17  # fern's 20 views minus every 8th
+    assert mid["sr_targets"].shape == end["sr_targets"].shape == (n_train, 24 * 4, 32 * 4, 3)
+    assert torch.isfinite(end["sr_targets"]).all()
+    assert 0.0 <= end["sr_targets"].min() and end["sr_targets"].max() <= 1.0
+    # the second denoising step produced new targets for every view
+    change = (end["sr_targets"] - mid["sr_targets"]).abs().flatten(1).mean(1)
+    assert (change > 1e-3).all(), change
+    # sampler state: latents at the LR grid (the SD x4 VAE downsamples x4)
+    assert end["latents"].shape[0] == n_train and end["latents"].shape[-2:] == (24, 32)
+
+
+def test_finished_run_renders_at_hr_like_ns_render(finished_run: Path):
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    _, pipeline, _, step = eval_setup(finished_run / "config.yml", test_mode="inference")
+    assert step == WARMUP + STEPS * PHASE - 1
+    camera = pipeline.datamanager.eval_dataset.cameras[0:1]
+    assert (int(camera.width), int(camera.height)) == (128, 96)
+    outputs = pipeline.model.get_outputs_for_camera(camera)
+    assert outputs["rgb"].shape == (96, 128, 3)
+    assert torch.isfinite(outputs["rgb"]).all() and outputs["rgb"].std() > 0.01

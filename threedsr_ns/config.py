@@ -1,0 +1,87 @@
+"""The `3dsr` method: `ns-train 3dsr --data scene`.
+
+Splatfacto's optimisers and trainer settings, the 3DSR pipeline, and an iteration count that follows from
+the phase settings (N0 + K*M; paper: 30000 + 4*5000).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Type
+
+import torch
+from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
+from nerfstudio.engine.optimizers import AdamOptimizerConfig
+from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
+from nerfstudio.engine.trainer import Trainer, TrainerConfig
+from nerfstudio.plugins.types import MethodSpecification
+
+from threedsr_ns.pipeline import ThreeDSRPipelineConfig
+
+
+class ThreeDSRTrainer(Trainer):
+    """nerfstudio's trainer with the iteration count taken from the 3DSR schedule.
+
+    On a resume nerfstudio would run max_num_iterations *more* steps; a 3dsr run always ends at N0 + K*M.
+    """
+
+    def __init__(self, config: "ThreeDSRTrainerConfig", local_rank: int = 0, world_size: int = 1) -> None:
+        config.max_num_iterations = config.pipeline.schedule.total_iterations
+        super().__init__(config, local_rank, world_size)
+
+    def train(self) -> None:
+        self.config.max_num_iterations = max(self.pipeline.schedule.total_iterations - self._start_step, 0)
+        super().train()
+
+
+@dataclass
+class ThreeDSRTrainerConfig(TrainerConfig):
+    _target: Type = field(default_factory=lambda: ThreeDSRTrainer)
+    pipeline: ThreeDSRPipelineConfig = field(default_factory=ThreeDSRPipelineConfig)
+
+
+def _splatfacto_optimizers() -> dict:
+    """Splatfacto's Gaussian optimisers and rates (nerfstudio 1.1.5). The schedules restart per HR phase.
+
+    Written out rather than read from nerfstudio's method_configs: that module discovers plugins (this one)
+    while it is being imported."""
+
+    def adam(lr: float) -> AdamOptimizerConfig:
+        return AdamOptimizerConfig(lr=lr, eps=1e-15)
+
+    return {
+        "means": {"optimizer": adam(1.6e-4), "scheduler": ExponentialDecaySchedulerConfig(lr_final=1.6e-6, max_steps=30000)},
+        "features_dc": {"optimizer": adam(0.0025), "scheduler": None},
+        "features_rest": {"optimizer": adam(0.0025 / 20), "scheduler": None},
+        "opacities": {"optimizer": adam(0.05), "scheduler": None},
+        "scales": {"optimizer": adam(0.005), "scheduler": None},
+        "quats": {"optimizer": adam(0.001), "scheduler": None},
+        "camera_opt": {
+            "optimizer": adam(1e-4),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=5e-7, max_steps=30000, warmup_steps=1000, lr_pre_warmup=0),
+        },
+    }
+
+
+def threedsr_trainer_config() -> ThreeDSRTrainerConfig:
+    pipeline = ThreeDSRPipelineConfig()
+    return ThreeDSRTrainerConfig(
+        method_name="3dsr",
+        steps_per_eval_image=500,
+        steps_per_eval_batch=0,
+        steps_per_save=2000,
+        steps_per_eval_all_images=5000,
+        max_num_iterations=pipeline.schedule.total_iterations,
+        mixed_precision=False,
+        pipeline=pipeline,
+        optimizers=_splatfacto_optimizers(),
+        viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
+        machine=MachineConfig(device_type="cuda" if torch.cuda.is_available() else "cpu"),
+        vis="viewer",
+    )
+
+
+threedsr_method = MethodSpecification(
+    config=threedsr_trainer_config(),
+    description="3DSR (ICCV 2025): 3D-consistent diffusion super-resolution alternated with Gaussian splatting",
+)

@@ -1,0 +1,125 @@
+"""Turn an LLFF scene (poses_bounds.npy + images_8/) into a nerfstudio dataset for x4 super-resolution.
+
+Layout written:
+    out/images/*.png      LR images (GT / s, antialiased bicubic): what 3dsr trains on
+    out/gt/*.png          GT images (s x LR), kept for evaluation only
+    out/transforms.json   LR intrinsics, OpenGL camera-to-world poses, the SfM points if the scene has them
+    out/sparse_pc.ply     COLMAP points3D (same world frame as poses_bounds.npy)
+    out/split.json        train / test file names (every 8th image is a test view, the paper's protocol)
+
+LLFF's images_8 are 504x378, and 378/4 is not an integer. The GT is centre-cropped to a height that s
+divides (one row off the top and one off the bottom: 504x376), which keeps the principal point at the
+centre; the LR is then 126x94.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from PIL import Image
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".JPG", ".PNG")
+
+
+def llff_poses_to_opengl(poses_bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """poses_bounds [N, 17] -> (camera-to-world [N, 4, 4] in OpenGL axes, hwf [N, 3] at full resolution).
+
+    LLFF stores each pose's rotation columns as (down, right, back); nerfstudio wants (right, up, back).
+    """
+    poses = poses_bounds[:, :15].reshape(-1, 3, 5)
+    hwf = poses[:, :, 4]
+    down, right, back, t = poses[:, :, 0], poses[:, :, 1], poses[:, :, 2], poses[:, :, 3]
+    c2w = np.tile(np.eye(4), (len(poses), 1, 1))
+    c2w[:, :3, 0], c2w[:, :3, 1], c2w[:, :3, 2], c2w[:, :3, 3] = right, -down, back, t
+    return c2w, hwf
+
+
+def _write_ply(path: Path, xyz: np.ndarray, rgb: np.ndarray) -> None:
+    header = (
+        "ply\nformat binary_little_endian 1.0\n"
+        f"element vertex {len(xyz)}\n"
+        "property float x\nproperty float y\nproperty float z\n"
+        "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n"
+    )
+    vertex = np.empty(len(xyz), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("r", "u1"), ("g", "u1"), ("b", "u1")])
+    vertex["x"], vertex["y"], vertex["z"] = xyz.T
+    vertex["r"], vertex["g"], vertex["b"] = rgb.T
+    with open(path, "wb") as f:
+        f.write(header.encode())
+        f.write(vertex.tobytes())
+
+
+def prepare_llff(scene: Path, out: Path, scale: int = 4, gt_width: Optional[int] = None, test_every: int = 8) -> dict:
+    """Write the dataset described in the module docstring; returns a summary dict.
+
+    gt_width: resize the (cropped) GT to this width first, to make a small test scene; the height follows
+    the aspect ratio, rounded to a multiple of `scale`.
+    """
+    scene, out = Path(scene), Path(out)
+    poses_file = scene / "poses_bounds.npy"
+    image_dir = scene / "images_8"
+    if not poses_file.exists():
+        raise FileNotFoundError(f"{poses_file} not found: an LLFF scene folder holds poses_bounds.npy and images_8/")
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"{image_dir} not found: prepare_llff reads the 1/8-size LLFF images from images_8/")
+    names = sorted(p.name for p in image_dir.iterdir() if p.suffix in IMAGE_SUFFIXES)
+    poses_bounds = np.load(poses_file)
+    if len(names) != len(poses_bounds):
+        raise ValueError(f"{poses_file} has {len(poses_bounds)} poses but {image_dir} has {len(names)} images")
+    c2w, hwf = llff_poses_to_opengl(poses_bounds)
+
+    width0, height0 = Image.open(image_dir / names[0]).size
+    crop_h = height0 - height0 % scale  # crop rows symmetrically so the principal point stays centred
+    top = (height0 - crop_h) // 2
+    gt_w = gt_width or width0 - width0 % scale
+    gt_h = crop_h if gt_width is None else max(scale, round(gt_width * crop_h / width0 / scale) * scale)
+    if gt_w % scale:
+        raise ValueError(f"gt_width {gt_w} is not a multiple of the upscale factor {scale}")
+    lr_w, lr_h = gt_w // scale, gt_h // scale
+
+    focal = hwf[0, 2] * width0 / hwf[0, 1]  # focal at images_8 size (poses store it for the originals)
+    fx, fy = focal * gt_w / width0 / scale, focal * gt_h / crop_h / scale
+
+    for sub in ("images", "gt"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    frames, train, test = [], [], []
+    for i, name in enumerate(names):
+        image = Image.open(image_dir / name).convert("RGB")
+        if image.size != (width0, height0):
+            raise ValueError(f"{image_dir / name} is {image.size[0]}x{image.size[1]}, the others {width0}x{height0}")
+        gt = image.crop((0, top, width0, top + crop_h))
+        if (gt_w, gt_h) != gt.size:
+            gt = gt.resize((gt_w, gt_h), Image.Resampling.BICUBIC)
+        lr = gt.resize((lr_w, lr_h), Image.Resampling.BICUBIC)  # PIL's reducing resize is antialiased
+        stem = Path(name).stem + ".png"
+        gt.save(out / "gt" / stem)
+        lr.save(out / "images" / stem)
+        frames.append({"file_path": f"images/{stem}", "transform_matrix": c2w[i].tolist()})
+        (test if i % test_every == 0 else train).append(stem)
+
+    transforms = {
+        "camera_model": "OPENCV",
+        "w": lr_w, "h": lr_h, "fl_x": float(fx), "fl_y": float(fy), "cx": lr_w / 2.0, "cy": lr_h / 2.0,
+        "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0,
+        "frames": frames,
+    }
+    points = scene / "sparse" / "0" / "points3D.bin"
+    if points.exists():
+        from nerfstudio.data.utils.colmap_parsing_utils import read_points3D_binary
+
+        pts = read_points3D_binary(points)
+        xyz = np.stack([p.xyz for p in pts.values()]).astype(np.float32)
+        rgb = np.stack([p.rgb for p in pts.values()]).astype(np.uint8)
+        _write_ply(out / "sparse_pc.ply", xyz, rgb)
+        transforms["ply_file_path"] = "sparse_pc.ply"
+    (out / "transforms.json").write_text(json.dumps(transforms, indent=2))
+    summary = {
+        "scene": str(scene), "scale": scale, "gt_size": [gt_w, gt_h], "lr_size": [lr_w, lr_h],
+        "crop": f"GT centre-cropped from {width0}x{height0} to {width0}x{crop_h} (rows {top}..{top + crop_h - 1})",
+        "train": train, "test": test, "sfm_points": "ply_file_path" in transforms,
+    }
+    (out / "split.json").write_text(json.dumps(summary, indent=2))
+    return summary

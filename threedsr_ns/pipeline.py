@@ -1,0 +1,206 @@
+"""The 3DSR loop: diffusion denoising steps run as a training callback between 3DGS phases.
+
+At each phase boundary (threedsr_ns.phases) the callback runs one guidance step on the training device:
+
+    k = 1:  x_{t1} = q_sample(E(bicubic(L)), t1)                  (or noise)
+    k > 1:  R = render(train views); x_{tk} = posterior(x_{t(k-1)}, x~0 = E(R))   <- 3D consistency enters
+            x0 = denoiser(x_{tk}, tk | L);  H = colour_fix(D(x0), bicubic(L));  datamanager.swap(H)
+
+then the model starts an HR phase (fresh densification, restarted learning-rate schedules). The loop's
+state (steps done, latents, SR targets) is part of the pipeline's state_dict, so checkpoints resume it.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Literal, Optional, Type
+
+import torch
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
+from nerfstudio.utils.rich_utils import CONSOLE
+
+from threedsr_ns import guidance
+from threedsr_ns.backends import BACKEND_NAMES, make_backend
+from threedsr_ns.colorfix import bicubic_upsample, wavelet_color_fix
+from threedsr_ns.datamanager import ThreeDSRDataManager, ThreeDSRDataManagerConfig
+from threedsr_ns.model import ThreeDSRModel, ThreeDSRModelConfig
+from threedsr_ns.phases import PhaseSchedule
+
+
+@dataclass
+class ThreeDSRPipelineConfig(VanillaPipelineConfig):
+    """The 3DSR loop: every phase setting lives here; the trainer's iteration count follows from them."""
+
+    _target: Type = field(default_factory=lambda: ThreeDSRPipeline)
+    datamanager: ThreeDSRDataManagerConfig = field(default_factory=ThreeDSRDataManagerConfig)
+    model: ThreeDSRModelConfig = field(default_factory=ThreeDSRModelConfig)
+    upscale_factor: int = 4
+    """s: the HR renders and SR targets are s times the LR images in each dimension."""
+    warmup_iters: int = 30000
+    """N0: 3DGS iterations on the LR images before the first denoising step."""
+    denoise_steps: int = 4
+    """K: diffusion denoising steps; each is followed by an HR 3DGS phase."""
+    phase_iters: int = 5000
+    """M: 3DGS iterations at HR after each denoising step."""
+    sr_backend: str = "sd-x4-upscaler"
+    f"""The diffusion SR model: one of {', '.join(BACKEND_NAMES)}."""
+    sr_model_path: Optional[str] = None
+    """A local folder (diffusers layout) or hub id for the SR model; default: the backend's own model id."""
+    start_latents: Literal["noised_lr", "noise"] = "noised_lr"
+    """Start from the noised encoding of the bicubic-upsampled LR (StableSR, the official code) or from noise."""
+    start_timestep: Optional[int] = None
+    """t1, the first denoising timestep; default the last training timestep. t1 > t2 > ... are evenly spaced."""
+    posterior: Literal["ddpm", "ddim"] = "ddpm"
+    """How x_{t_k} is drawn from x_{t_(k-1)} and the rendered clean latent: the DDPM posterior or DDIM (eta 0)."""
+    color_fix: bool = True
+    """Wavelet colour fix: keep the low frequencies of the bicubic LR, the high frequencies of the decode."""
+    guidance_batch_size: int = 8
+    """Views per batch through the SR model's VAE and denoiser."""
+    guidance_seed: int = 0
+    """Seed of the diffusion noise, for reproducible runs."""
+
+    @property
+    def schedule(self) -> PhaseSchedule:
+        return PhaseSchedule(self.warmup_iters, self.denoise_steps, self.phase_iters)
+
+
+class ThreeDSRPipeline(VanillaPipeline):
+    config: ThreeDSRPipelineConfig
+    datamanager: ThreeDSRDataManager
+    _model: ThreeDSRModel
+
+    def __init__(self, config: ThreeDSRPipelineConfig, device: str, test_mode: Literal["test", "val", "inference"] = "val",
+                 world_size: int = 1, local_rank: int = 0, grad_scaler=None):
+        super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
+        self.schedule = config.schedule
+        self.steps_done = 0
+        """Guidance steps run so far (0..K)."""
+        self.latents: Optional[torch.Tensor] = None
+        """x_{t_k} of the last guidance step, [N, C, h, w]: the sampler's state between steps."""
+        self.guidance_log: List[Dict[str, float]] = []
+        self._optimizers = None
+        self.backend = None
+        if test_mode == "val":  # training: load (and check) the SR model now, not after a 30k-step warm-up
+            self.backend = make_backend(config.sr_backend, model_path=config.sr_model_path, device=self.device,
+                                        seed=config.guidance_seed, batch_size=config.guidance_batch_size)
+            self.backend.check_scale(config.upscale_factor)
+            self.backend.offload()
+            self.timesteps = guidance.denoise_timesteps(config.denoise_steps, self.backend.num_train_timesteps,
+                                                        config.start_timestep)
+
+    # -- the loop ---------------------------------------------------------------------------------------
+
+    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+        callbacks = super().get_training_callbacks(training_callback_attributes)
+        self._optimizers = training_callback_attributes.optimizers
+        callbacks.append(TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], self.guidance_callback))
+        return callbacks
+
+    def guidance_callback(self, step: int) -> None:
+        """Run every guidance step whose phase boundary has been reached (one, except after a resume)."""
+        while self.steps_done < self.schedule.denoise_steps and step >= self.schedule.guidance_step_start(self.steps_done + 1):
+            self.run_guidance_step(self.steps_done + 1, step)
+
+    @torch.no_grad()
+    def run_guidance_step(self, k: int, step: int) -> None:
+        assert self.backend is not None, "guidance runs only in a training pipeline"
+        cfg, backend, dm = self.config, self.backend, self.datamanager
+        timer = _StepTimer(self.device)
+        CONSOLE.log(f"[bold]3dsr[/bold] denoise step {k}/{cfg.denoise_steps} (t={self.timesteps[k - 1]}) at iteration {step}")
+        if k == 1:
+            dm.enter_hr(cfg.upscale_factor)
+        lr = dm.lr_images()
+        lr_up = bicubic_upsample(lr, cfg.upscale_factor)
+        generator = torch.Generator(device=self.device).manual_seed(cfg.guidance_seed + k)
+        backend.to(self.device)
+        t = self.timesteps[k - 1]
+        if k == 1:
+            with timer("encode"):
+                encoded = backend.encode(lr_up)
+            x_t = guidance.start_latents(encoded if cfg.start_latents == "noised_lr" else None, encoded.shape, t,
+                                         backend.alphas_cumprod, generator, mode=cfg.start_latents)
+        else:
+            with timer("render"):
+                renders = self.render_train_views()
+            with timer("encode"):
+                x0_consistent = backend.encode(renders)
+            assert self.latents is not None
+            x_t = guidance.posterior_step(self.latents, x0_consistent, self.timesteps[k - 2], t, backend.alphas_cumprod,
+                                          generator=generator, kind=cfg.posterior)
+        with timer("denoise"):
+            x0 = backend.predict_x0(x_t, t, lr)
+        with timer("decode"):
+            sr = backend.decode(x0)
+            if cfg.color_fix:
+                sr = wavelet_color_fix(sr, lr_up)
+        with timer("swap"):
+            dm.swap(sr.permute(0, 2, 3, 1))
+        backend.offload()
+        self.latents = x_t.float()
+        self.steps_done = k
+        self.model.start_hr_phase(step, cfg.phase_iters)
+        self._restart_lr_schedules()
+        self.guidance_log.append({"step": k, "iteration": step, **timer.seconds})
+        CONSOLE.log(f"[bold]3dsr[/bold] denoise step {k} done: " + ", ".join(f"{n} {s:.2f}s" for n, s in timer.seconds.items()))
+
+    def render_train_views(self) -> torch.Tensor:
+        """Render every train view at the current (HR) camera size: [N, 3, H, W] in [0, 1]."""
+        cameras = self.datamanager.train_dataset.cameras
+        with _eval_mode(self.model):
+            images = [self.model.get_outputs_for_camera(cameras[i : i + 1])["rgb"] for i in range(len(cameras))]
+        return torch.stack(images).permute(0, 3, 1, 2).clamp(0.0, 1.0)
+
+    def _restart_lr_schedules(self) -> None:
+        """Each HR phase restarts the learning-rate schedules from their initial rates, as the official code does."""
+        if self._optimizers is None:
+            return
+        for name, scheduler in self._optimizers.schedulers.items():
+            scheduler.last_epoch = 0
+            for group, base_lr, lr_lambda in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+                group["lr"] = base_lr * lr_lambda(0)
+
+    # -- checkpoints ------------------------------------------------------------------------------------
+
+    def get_extra_state(self) -> Dict:
+        return {"steps_done": self.steps_done, "latents": self.latents, "sr_targets": self.datamanager.sr_targets}
+
+    def set_extra_state(self, state: Dict) -> None:
+        self.steps_done = int(state["steps_done"])
+        self.latents = None if state["latents"] is None else state["latents"].to(self.device)
+        if self.steps_done > 0:
+            self.datamanager.enter_hr(self.config.upscale_factor)
+            self.datamanager.swap(state["sr_targets"].to(self.device))
+            self.model.start_hr_phase(self.schedule.guidance_step_start(self.steps_done), self.config.phase_iters)
+
+
+@contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+class _StepTimer:
+    """Wall time of each part of a guidance step, synchronising the GPU so the numbers are real."""
+
+    def __init__(self, device) -> None:
+        self.device = torch.device(device)
+        self.seconds: Dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self._sync()
+        start = time.perf_counter()
+        yield
+        self._sync()
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
