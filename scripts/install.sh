@@ -5,6 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# open3d (nerfstudio reads SfM point clouds with it) needs the system's libusb
+if ! ldconfig -p | grep -q libusb-1.0.so.0; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && apt-get install -y -qq libusb-1.0-0) >/dev/null
+  else
+    echo "warning: libusb-1.0 is missing; install it (Debian/Ubuntu: sudo apt-get install libusb-1.0-0) or open3d will not import" >&2
+  fi
+fi
 [ -d .venv ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.14.1}" "torchvision==${TORCHVISION_VERSION:-0.29.1}"

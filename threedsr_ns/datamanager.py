@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, Literal, Tuple, Type, Union
+from pathlib import Path
+from typing import Dict, List, Literal, Tuple, Type, Union
 
 import torch
+from PIL import Image
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager, FullImageDatamanagerConfig
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
@@ -45,12 +47,24 @@ class ThreeDSRDataManager(FullImageDatamanager[InputDataset]):
         """[N, sH, sW, 3] float in [0, 1] on the training device: the current SR target of every train view."""
 
     def _check_one_image_size(self) -> Tuple[int, int]:
-        """The SR targets live in one tensor and the backend batches views: all images must share a size."""
-        sizes, files = [], []
+        """The SR targets live in one tensor and the backend batches views: all images must share one size,
+        and each must match its camera (checked here, where the file can be named, not deep in caching)."""
+        files: List[Path] = []
+        camera_sizes: List[Tuple[int, int]] = []
         for dataset in (self.train_dataset, self.eval_dataset):
             cams = dataset.cameras
-            sizes += [(int(h), int(w)) for h, w in zip(cams.height.reshape(-1), cams.width.reshape(-1))]
+            camera_sizes += [(int(h), int(w)) for h, w in zip(cams.height.reshape(-1), cams.width.reshape(-1))]
             files += list(dataset._dataparser_outputs.image_filenames)
+        if self.test_mode == "inference":  # ns-render / viewer: images are not read
+            return Counter(camera_sizes).most_common(1)[0][0]
+        sizes = []
+        for f, cam in zip(files, camera_sizes):
+            with Image.open(f) as im:
+                size = (im.height, im.width)
+            if size != cam:
+                raise ValueError(f"{f} is {size[1]}x{size[0]} but its camera in the dataset says {cam[1]}x{cam[0]}: "
+                                 "fix the image or its w/h/intrinsics in transforms.json")
+            sizes.append(size)
         common, _ = Counter(sizes).most_common(1)[0]
         odd = [(f, s) for f, s in zip(files, sizes) if s != common]
         if odd:

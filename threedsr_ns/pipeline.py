@@ -23,7 +23,7 @@ from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineC
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from threedsr_ns import guidance
-from threedsr_ns.backends import BACKEND_NAMES, make_backend
+from threedsr_ns.backends import make_backend
 from threedsr_ns.colorfix import bicubic_upsample, wavelet_color_fix
 from threedsr_ns.datamanager import ThreeDSRDataManager, ThreeDSRDataManagerConfig
 from threedsr_ns.model import ThreeDSRModel, ThreeDSRModelConfig
@@ -45,8 +45,9 @@ class ThreeDSRPipelineConfig(VanillaPipelineConfig):
     """K: diffusion denoising steps; each is followed by an HR 3DGS phase."""
     phase_iters: int = 5000
     """M: 3DGS iterations at HR after each denoising step."""
-    sr_backend: str = "sd-x4-upscaler"
-    f"""The diffusion SR model: one of {', '.join(BACKEND_NAMES)}."""
+    sr_backend: Literal["sd-x4-upscaler", "bicubic", "sd-x4-upscaler-random", "tiny-random"] = "sd-x4-upscaler"
+    """The SR model: the SD x4 upscaler; bicubic (no diffusion, the same 3DGS work); the SD x4 architecture with
+    random weights (cost measurements only, never quality); a tiny random one (tests)."""
     sr_model_path: Optional[str] = None
     """A local folder (diffusers layout) or hub id for the SR model; default: the backend's own model id."""
     start_latents: Literal["noised_lr", "noise"] = "noised_lr"
