@@ -70,3 +70,18 @@ def test_images_of_different_sizes_get_an_error_naming_the_file(tiny_fern: Path,
     (data / "transforms.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"most are 32x24 but 1 differ: .*image003\.png \(40x30\).*Resize or crop"):
         make_datamanager(data)
+
+
+
+def test_sfm_points_seed_the_model_in_the_dataparser_frame(tiny_fern: Path):
+    from nerfstudio.data.utils.colmap_parsing_utils import read_points3D_binary
+
+    from conftest import FERN
+
+    outputs = make_datamanager(tiny_fern).train_dataparser_outputs
+    points = read_points3D_binary(FERN / "sparse" / "0" / "points3D.bin")
+    xyz = torch.tensor([p.xyz for p in points.values()], dtype=torch.float32)
+    rgb = torch.tensor([p.rgb for p in points.values()], dtype=torch.uint8)
+    expected = (torch.cat((xyz, torch.ones_like(xyz[:, :1])), -1) @ outputs.dataparser_transform.T) * outputs.dataparser_scale
+    assert torch.allclose(outputs.metadata["points3D_xyz"], expected, atol=1e-5)
+    assert torch.equal(outputs.metadata["points3D_rgb"], rgb)

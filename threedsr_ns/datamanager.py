@@ -16,19 +16,20 @@ import torch
 from PIL import Image
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager, FullImageDatamanagerConfig
-from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.data.datasets.base_dataset import InputDataset
+
+from threedsr_ns.dataparser import ThreeDSRDataParserConfig
 
 
 @dataclass
 class ThreeDSRDataManagerConfig(FullImageDatamanagerConfig):
     _target: Type = field(default_factory=lambda: ThreeDSRDataManager)
-    dataparser: NerfstudioDataParserConfig = field(
-        default_factory=lambda: NerfstudioDataParserConfig(
+    dataparser: ThreeDSRDataParserConfig = field(
+        default_factory=lambda: ThreeDSRDataParserConfig(
             load_3D_points=True, eval_mode="interval", eval_interval=8, downscale_factor=1
         )
     )
-    """Defaults follow the paper's LLFF protocol: every 8th image is a test view, images used as they are."""
+    """nerfstudio-data format; the paper's LLFF protocol by default: every 8th image is a test view, images as they are."""
     cache_images_type: Literal["uint8", "float32"] = "uint8"
 
 
