@@ -50,6 +50,14 @@ class ThreeDSRPipelineConfig(VanillaPipelineConfig):
     random weights (cost measurements only, never quality); a tiny random one (tests)."""
     sr_model_path: Optional[str] = None
     """A local folder (diffusers layout) or hub id for the SR model; default: the backend's own model id."""
+    sr_prompt: str = ""
+    """Text prompt for the SD x4 upscaler (embedded once at load)."""
+    sr_negative_prompt: str = ""
+    """Negative prompt; classifier-free guidance runs only when it differs from the prompt."""
+    sr_guidance_scale: float = 1.0
+    """Classifier-free guidance scale of the SD x4 upscaler (1: a single UNet pass per view)."""
+    sr_noise_level: int = 20
+    """Noise added to the LR conditioning image, as the SD x4 upscaler pipeline does (0..350)."""
     start_latents: Literal["noised_lr", "noise"] = "noised_lr"
     """Start from the noised encoding of the bicubic-upsampled LR (StableSR, the official code) or from noise."""
     start_timestep: Optional[int] = None
@@ -85,8 +93,11 @@ class ThreeDSRPipeline(VanillaPipeline):
         self._optimizers = None
         self.backend = None
         if test_mode == "val":  # training: load (and check) the SR model now, not after a 30k-step warm-up
-            self.backend = make_backend(config.sr_backend, model_path=config.sr_model_path, device=self.device,
-                                        seed=config.guidance_seed, batch_size=config.guidance_batch_size)
+            self.backend = make_backend(
+                config.sr_backend, model_path=config.sr_model_path, device=self.device, seed=config.guidance_seed,
+                batch_size=config.guidance_batch_size, scale=config.upscale_factor, prompt=config.sr_prompt,
+                negative_prompt=config.sr_negative_prompt, guidance_scale=config.sr_guidance_scale,
+                noise_level=config.sr_noise_level)
             self.backend.check_scale(config.upscale_factor)
             self.backend.offload()
             self.timesteps = guidance.denoise_timesteps(config.denoise_steps, self.backend.num_train_timesteps,

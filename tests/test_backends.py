@@ -1,0 +1,284 @@
+"""SR backends: the tiny random SD x4 upscaler, bicubic, make_backend and loading from disk / the hub."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from threedsr_ns.backends import BACKEND_NAMES, BicubicBackend, make_backend
+from threedsr_ns.backends.sd_upscaler import SDUpscalerBackend, build_random_sd_x4_upscaler, save_prompt_embeds
+from threedsr_ns.colorfix import bicubic_upsample
+
+LR_SIZE = (10, 13)  # odd on purpose: the UNet must handle sizes that are not multiples of 8
+HR_SIZE = (40, 52)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator("cpu").manual_seed(seed)
+
+
+def _inputs(batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_t latents on the LR grid, LR images in [0, 1])."""
+    return torch.randn(batch, 4, *LR_SIZE, generator=_gen(100)), torch.rand(batch, 3, *LR_SIZE, generator=_gen(101))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The models here are tiny: threads only add overhead, a lot of it when the CPU is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> SDUpscalerBackend:
+    return build_random_sd_x4_upscaler(device="cpu", seed=0, tiny=True, batch_size=4)
+
+
+# ---- tiny random SD x4 upscaler -----------------------------------------------------------------
+
+
+def test_tiny_backend_attributes(tiny: SDUpscalerBackend) -> None:
+    assert (tiny.name, tiny.scale, tiny.latent_factor) == ("tiny-random", 4, 4)
+    assert tiny.is_diffusion and tiny.random_weights
+    assert tiny.prediction_type == "v_prediction"
+    assert tiny.alphas_cumprod.dtype == torch.float32 and tiny.alphas_cumprod.shape == (1000,)
+    assert tiny.num_train_timesteps == 1000
+    assert tiny.dtype == torch.float32 and tiny.device.type == "cpu"
+    assert not tiny.uses_cfg
+
+
+def test_random_weights_warn_loudly(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        build_random_sd_x4_upscaler(device="cpu", seed=0, tiny=True)
+    assert "RANDOM WEIGHTS" in caplog.text and "never quality" in caplog.text
+
+
+def test_encode_decode_shapes(tiny: SDUpscalerBackend) -> None:
+    hr = torch.rand(3, 3, *HR_SIZE, generator=_gen(0))
+    latents = tiny.encode(hr)
+    assert latents.shape == (3, 4, *LR_SIZE) and latents.dtype == torch.float32
+    images = tiny.decode(latents)
+    assert images.shape == (3, 3, *HR_SIZE)
+    assert images.min() >= 0.0 and images.max() <= 1.0
+    assert not latents.requires_grad and not images.requires_grad
+    with pytest.raises(ValueError, match="multiple"):
+        tiny.encode(torch.rand(1, 3, 41, 52))
+
+
+def test_predict_x0_shape_finite_and_timestep_forms(tiny: SDUpscalerBackend) -> None:
+    x_t, lr = _inputs()
+    x0 = tiny.predict_x0(x_t, 749, lr, generator=_gen(1))
+    assert x0.shape == x_t.shape and x0.dtype == torch.float32 and torch.isfinite(x0).all()
+    per_view = tiny.predict_x0(x_t, torch.tensor([749, 749]), lr, generator=_gen(1))
+    torch.testing.assert_close(per_view, x0)
+    with pytest.raises(ValueError, match="LR grid"):
+        tiny.predict_x0(x_t, 749, torch.rand(2, 3, 20, 26))
+    with pytest.raises(ValueError, match="timesteps for a batch"):
+        tiny.predict_x0(x_t, torch.tensor([1, 2, 3]), lr)
+
+
+def test_predict_x0_is_deterministic_under_seed() -> None:
+    x_t, lr = _inputs()
+    first, again, other = (
+        build_random_sd_x4_upscaler(device="cpu", seed=seed, tiny=True, batch_size=2).predict_x0(x_t, 500, lr)
+        for seed in (0, 0, 1)
+    )
+    torch.testing.assert_close(first, again, atol=0, rtol=0)
+    assert not torch.allclose(first, other)
+
+
+def _rewrap(tiny: SDUpscalerBackend, *embeds: torch.Tensor, **options) -> SDUpscalerBackend:
+    """Another backend on the same modules (no copy of the weights)."""
+    parts = (tiny.unet, tiny.vae, tiny.scheduler, tiny.low_res_scheduler)
+    return SDUpscalerBackend.from_components(*parts, *embeds, device="cpu", seed=0, **options)
+
+
+def test_batching_does_not_change_results(tiny: SDUpscalerBackend) -> None:
+    x_t, lr = _inputs(3)
+    hr = torch.rand(3, 3, *HR_SIZE, generator=_gen(2))
+    results = {}
+    for batch_size in (2, 3):  # 2 splits the three views unevenly
+        backend = _rewrap(tiny, tiny.prompt_embeds, batch_size=batch_size)
+        results[batch_size] = (
+            backend.predict_x0(x_t, torch.tensor([999, 500, 10]), lr, generator=_gen(3)),
+            backend.encode(hr),
+            backend.decode(x_t),
+        )
+    for split, whole in zip(results[2], results[3], strict=True):
+        torch.testing.assert_close(split, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_classifier_free_guidance_combines_the_two_predictions(tiny: SDUpscalerBackend) -> None:
+    negative = torch.randn(tiny.prompt_embeds.shape, generator=_gen(4))
+    cond = _rewrap(tiny, tiny.prompt_embeds)
+    uncond = _rewrap(tiny, negative)
+    guided = _rewrap(tiny, tiny.prompt_embeds, negative, guidance_scale=3.0)
+    assert guided.uses_cfg and not cond.uses_cfg
+    x_t, lr = _inputs(1)
+    x0 = {name: b.predict_x0(x_t, 600, lr, _gen(5)) for name, b in [("c", cond), ("u", uncond), ("g", guided)]}
+    # x0 is affine in the model output with weights summing to one, so it combines like the output.
+    torch.testing.assert_close(x0["g"], x0["u"] + 3.0 * (x0["c"] - x0["u"]), atol=1e-4, rtol=1e-4)
+
+
+def test_check_scale(tiny: SDUpscalerBackend) -> None:
+    tiny.check_scale(4)
+    with pytest.raises(ValueError) as error:
+        tiny.check_scale(2)
+    message = str(error.value)
+    for part in ("tiny-random", "x2", "LR grid", "--pipeline.upscale-factor 4", "--pipeline.sr-backend bicubic"):
+        assert part in message
+    with pytest.raises(ValueError, match="only produces x4"):
+        make_backend("tiny-random", device="cpu", scale=2)
+
+
+def test_to_and_offload(tiny: SDUpscalerBackend) -> None:
+    assert tiny.to("cpu") is tiny
+    tiny.offload()
+    assert tiny.device.type == "cpu" and tiny.unet.device.type == "cpu"
+
+
+# ---- bicubic ------------------------------------------------------------------------------------
+
+
+def test_bicubic_backend() -> None:
+    backend = make_backend("bicubic", device="cpu", scale=2, batch_size=2)
+    assert isinstance(backend, BicubicBackend)
+    assert (backend.name, backend.scale, backend.latent_factor, backend.is_diffusion) == ("bicubic", 2, 1, False)
+    assert backend.alphas_cumprod.shape == (1000,)
+    lr = torch.rand(3, 3, *LR_SIZE, generator=_gen(6))
+    hr = torch.rand(3, 3, 20, 26, generator=_gen(7))
+    torch.testing.assert_close(backend.encode(hr), hr)
+    torch.testing.assert_close(backend.decode(hr * 2 - 0.5), (hr * 2 - 0.5).clamp(0, 1))
+    for x_t in (torch.randn(3, 3, 20, 26), torch.zeros(3, 3, 20, 26)):
+        torch.testing.assert_close(backend.predict_x0(x_t, 999, lr), bicubic_upsample(lr, 2))
+    backend.check_scale(2)
+    with pytest.raises(ValueError, match="scale=3"):
+        backend.check_scale(3)
+    with pytest.raises(ValueError, match="need"):
+        backend.predict_x0(torch.zeros(3, 3, 40, 52), 999, lr)
+
+
+# ---- make_backend and loading -------------------------------------------------------------------
+
+
+def test_make_backend_names() -> None:
+    assert BACKEND_NAMES == ("sd-x4-upscaler", "sd-x4-upscaler-random", "tiny-random", "bicubic")
+    with pytest.raises(ValueError) as error:
+        make_backend("stablesr", device="cpu")
+    for name in BACKEND_NAMES:
+        assert name in str(error.value)
+    assert make_backend("tiny-random", device="cpu").name == "tiny-random"
+
+
+def test_from_pretrained_offline_missing_model_explains_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model_id = "threedsr-tests/no-such-upscaler"
+    with pytest.raises(RuntimeError) as error:
+        SDUpscalerBackend.from_pretrained(model_id, device="cpu")
+    message = str(error.value)
+    assert "\n" not in message
+    for part in (model_id, "hf download", "--pipeline.sr-model-path", "--pipeline.sr-backend bicubic"):
+        assert part in message
+    assert error.value.__cause__ is None and error.value.__suppress_context__
+
+
+def _save_pipeline_folder(backend: SDUpscalerBackend, folder: Path) -> None:
+    """diffusers' pipeline layout, with precomputed prompt embeddings instead of a text encoder."""
+    backend.unet.save_pretrained(folder / "unet")
+    backend.vae.save_pretrained(folder / "vae")
+    backend.scheduler.save_pretrained(folder / "scheduler")
+    backend.low_res_scheduler.save_pretrained(folder / "low_res_scheduler")
+    model_index = {
+        "_class_name": "StableDiffusionUpscalePipeline",
+        "max_noise_level": 350,
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "low_res_scheduler": ["diffusers", "DDPMScheduler"],
+    }
+    (folder / "model_index.json").write_text(json.dumps(model_index))
+    save_prompt_embeds(folder, backend.prompt_embeds, prompt="")
+
+
+def test_from_pretrained_local_folder_round_trip(tiny: SDUpscalerBackend, tmp_path: Path) -> None:
+    _save_pipeline_folder(tiny, tmp_path)
+    loaded = SDUpscalerBackend.from_pretrained(str(tmp_path), device="cpu", batch_size=4)
+    assert (loaded.name, loaded.scale, loaded.prediction_type) == ("sd-x4-upscaler", 4, "v_prediction")
+    assert not loaded.random_weights
+    torch.testing.assert_close(loaded.alphas_cumprod, tiny.alphas_cumprod)
+    x_t, lr = _inputs()
+    hr = torch.rand(2, 3, *HR_SIZE, generator=_gen(8))
+    torch.testing.assert_close(loaded.predict_x0(x_t, 300, lr, _gen(9)), tiny.predict_x0(x_t, 300, lr, _gen(9)))
+    torch.testing.assert_close(loaded.encode(hr), tiny.encode(hr))
+    torch.testing.assert_close(loaded.decode(x_t), tiny.decode(x_t))
+    through_factory = make_backend("sd-x4-upscaler", model_path=str(tmp_path), device="cpu", batch_size=4)
+    torch.testing.assert_close(through_factory.decode(x_t), tiny.decode(x_t))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("transformers") is not None, reason="transformers is installed")
+def test_other_prompt_without_transformers_says_what_is_missing(tiny: SDUpscalerBackend, tmp_path: Path) -> None:
+    _save_pipeline_folder(tiny, tmp_path)
+    with pytest.raises(RuntimeError, match="transformers.*prompt_embeds.safetensors"):
+        SDUpscalerBackend.from_pretrained(str(tmp_path), device="cpu", prompt="a sharp photo")
+
+
+def _save_tiny_clip(folder: Path) -> None:
+    """A tiny CLIP tokenizer (bytes only, no merges) and text encoder, built offline."""
+    transformers = pytest.importorskip("transformers")
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    # GPT-2's byte -> unicode table, as CLIP's BPE expects.
+    chars = [chr(b) for b in printable] + [chr(256 + i) for i in range(len(others))]
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: i for i, token in enumerate(tokens)}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+    tokenizer.save_pretrained(folder / "tokenizer")
+    config = transformers.CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"],
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        transformers.CLIPTextModel(config).save_pretrained(folder / "text_encoder")
+
+
+def test_from_pretrained_encodes_the_prompt_with_the_text_encoder(tiny: SDUpscalerBackend, tmp_path: Path) -> None:
+    _save_tiny_clip(tmp_path)
+    _save_pipeline_folder(tiny, tmp_path)
+    (tmp_path / "prompt_embeds.safetensors").unlink()
+    import transformers
+
+    tokenizer = transformers.CLIPTokenizer.from_pretrained(tmp_path, subfolder="tokenizer")
+    text_encoder = transformers.CLIPTextModel.from_pretrained(tmp_path, subfolder="text_encoder")
+
+    def embed(text: str) -> torch.Tensor:
+        ids = tokenizer(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        with torch.no_grad():
+            return text_encoder(ids)[0]
+
+    guided = SDUpscalerBackend.from_pretrained(
+        str(tmp_path), device="cpu", prompt="a sharp photo", negative_prompt="blurry", guidance_scale=4.0
+    )
+    assert guided.uses_cfg
+    torch.testing.assert_close(guided.prompt_embeds, embed("a sharp photo"))
+    torch.testing.assert_close(guided.negative_prompt_embeds, embed("blurry"))
+    same_prompts = SDUpscalerBackend.from_pretrained(
+        str(tmp_path), device="cpu", prompt="blurry", negative_prompt="blurry", guidance_scale=4.0
+    )
+    assert not same_prompts.uses_cfg

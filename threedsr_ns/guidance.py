@@ -1,0 +1,201 @@
+"""The sampler side of the 3DSR loop, as pure functions on tensors.
+
+3DSR runs a diffusion SR sampler whose clean-latent estimate is replaced, at every step, by the
+encoding of the current 3DGS render. So the sampler is taken apart here: the timestep schedule,
+the start latents, the conversion of the model output to a clean latent x0, and the step
+x_t -> x_{t_prev} given an x0 that may come from the 3D scene instead of the model.
+
+Conventions:
+- `alphas_cumprod` is the model's 1D cumulative product of alphas (length = training steps). It
+  is moved to the tensors' device and used in float32 whatever its dtype.
+- `t` is a Python int or an integer tensor with one timestep per batch element.
+- A previous timestep of -1 means "clean" (alpha_bar = 1): a step to it returns x0.
+- Results come back in the dtype of the input latents; all arithmetic is done in float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+
+PredictionType = Literal["epsilon", "v_prediction", "sample"]
+StepKind = Literal["ddpm", "ddim"]
+StartMode = Literal["noised_lr", "noise"]
+
+Timestep = int | torch.Tensor
+
+
+def denoise_timesteps(num_steps: int, num_train_timesteps: int = 1000, start_timestep: int | None = None) -> list[int]:
+    """Timesteps t_1 > ... > t_K evenly spaced from `start_timestep` down (DDIM "trailing").
+
+    K=4, T=1000 -> [999, 749, 499, 249]: the first step starts from the noisiest timestep and the
+    last one stays a full interval above 0, as diffusers' `timestep_spacing="trailing"` does.
+    """
+    if num_train_timesteps < 1:
+        raise ValueError(f"num_train_timesteps must be >= 1, got {num_train_timesteps}")
+    start = num_train_timesteps - 1 if start_timestep is None else start_timestep
+    if not 0 <= start < num_train_timesteps:
+        raise ValueError(
+            f"start_timestep must be in [0, {num_train_timesteps - 1}] "
+            f"(num_train_timesteps={num_train_timesteps}), got {start_timestep}"
+        )
+    span = start + 1
+    if not 1 <= num_steps <= span:
+        raise ValueError(
+            f"num_steps must be in [1, {span}] for start_timestep={start} (more steps than timesteps "
+            f"would repeat timesteps), got {num_steps}"
+        )
+    # Same float arithmetic as numpy's arange(span, 0, -span / K) in diffusers' trailing spacing.
+    step = span / num_steps
+    return [int(round(span - k * step)) - 1 for k in range(num_steps)]
+
+
+def _alpha_bar(alphas_cumprod: torch.Tensor, t: Timestep, like: torch.Tensor) -> torch.Tensor:
+    """alpha_bar_t in float32 on `like`'s device, shaped to broadcast over `like` ([B, 1, 1, ...]).
+
+    t = -1 gives 1 (the clean end of the chain).
+    """
+    num_train = alphas_cumprod.shape[0]
+    table = alphas_cumprod.to(device=like.device, dtype=torch.float32)
+    t_tensor = torch.as_tensor(t, device=like.device).long()
+    if t_tensor.ndim > 1:
+        raise ValueError(f"t must be an int or a 1D tensor (one per batch element), got shape {tuple(t_tensor.shape)}")
+    if t_tensor.ndim == 1 and t_tensor.shape[0] not in (1, like.shape[0]):
+        raise ValueError(f"t has {t_tensor.shape[0]} timesteps for a batch of {like.shape[0]}")
+    if bool(((t_tensor < -1) | (t_tensor >= num_train)).any()):
+        raise ValueError(f"timesteps must be in [-1, {num_train - 1}], got {t_tensor.tolist()}")
+    clean = torch.ones((), device=like.device, dtype=torch.float32)
+    alpha_bar = torch.where(t_tensor >= 0, table[t_tensor.clamp(min=0)], clean)
+    return alpha_bar.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def _randn(shape: Sequence[int], device: torch.device | str, generator: torch.Generator | None) -> torch.Tensor:
+    """Float32 standard noise on `device`, drawn on the generator's device (reproducible across devices)."""
+    draw_device = generator.device if generator is not None else device
+    return torch.randn(tuple(shape), generator=generator, device=draw_device, dtype=torch.float32).to(device)
+
+
+def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return _randn(x.shape, x.device, generator)
+
+
+def q_sample(x0: torch.Tensor, t: Timestep, noise: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """Forward diffusion: x_t = sqrt(a_t) x0 + sqrt(1 - a_t) noise."""
+    if noise.shape != x0.shape:
+        raise ValueError(f"noise shape {tuple(noise.shape)} != x0 shape {tuple(x0.shape)}")
+    a = _alpha_bar(alphas_cumprod, t, x0)
+    x_t = a.sqrt() * x0.float() + (1.0 - a).sqrt() * noise.float()
+    return x_t.to(x0.dtype)
+
+
+def start_latents(
+    encoded: torch.Tensor | None,
+    shape: Sequence[int],
+    t1: Timestep,
+    alphas_cumprod: torch.Tensor,
+    generator: torch.Generator | None,
+    mode: StartMode,
+    *,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The sampler's first latents x_{t_1}.
+
+    "noised_lr": q_sample(E(bicubic(L)), t_1), StableSR-style (and the official 3DSR code): the
+    sampler starts from the upsampled LR, so its low frequencies are right from the first step.
+    "noise": pure Gaussian noise of `shape` (the usual sampler start; `encoded` is ignored).
+    `device` is where pure-noise latents go (default: `encoded`'s device, else CPU).
+    """
+    shape = tuple(shape)
+    if mode == "noised_lr":
+        if encoded is None:
+            raise ValueError('mode "noised_lr" needs the encoded bicubic-upsampled LR images, got None')
+        if tuple(encoded.shape) != shape:
+            raise ValueError(f"encoded shape {tuple(encoded.shape)} != requested shape {shape}")
+        return q_sample(encoded, t1, _randn_like(encoded, generator), alphas_cumprod)
+    if mode == "noise":
+        target = device if device is not None else (encoded.device if encoded is not None else "cpu")
+        return _randn(shape, target, generator)
+    raise ValueError(f'start mode must be "noised_lr" or "noise", got {mode!r}')
+
+
+def model_output_to_x0(
+    model_output: torch.Tensor,
+    x_t: torch.Tensor,
+    t: Timestep,
+    alphas_cumprod: torch.Tensor,
+    prediction_type: PredictionType,
+) -> torch.Tensor:
+    """The clean latent x0 implied by the denoiser output at timestep t."""
+    a = _alpha_bar(alphas_cumprod, t, x_t)
+    out, x = model_output.float(), x_t.float()
+    if prediction_type == "epsilon":
+        x0 = (x - (1.0 - a).sqrt() * out) / a.sqrt()
+    elif prediction_type == "v_prediction":
+        x0 = a.sqrt() * x - (1.0 - a).sqrt() * out
+    elif prediction_type == "sample":
+        x0 = out
+    else:
+        raise ValueError(f'prediction_type must be "epsilon", "v_prediction" or "sample", got {prediction_type!r}')
+    return x0.to(x_t.dtype)
+
+
+def _check_order(t: Timestep, t_prev: Timestep) -> None:
+    if bool((torch.as_tensor(t_prev) >= torch.as_tensor(t)).any()):
+        raise ValueError(f"t_prev must be < t (the sampler goes toward t = 0), got t={t}, t_prev={t_prev}")
+
+
+def ddpm_posterior_step(
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    t: Timestep,
+    t_prev: Timestep,
+    alphas_cumprod: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Sample q(x_{t_prev} | x_t, x0) for any t_prev < t (the steps need not be adjacent).
+
+    With s = t_prev and a_{t|s} = a_t / a_s (the alpha of the jump s -> t):
+      mean = sqrt(a_s) (1 - a_{t|s}) / (1 - a_t) * x0 + sqrt(a_{t|s}) (1 - a_s) / (1 - a_t) * x_t
+      var  = (1 - a_s) / (1 - a_t) * (1 - a_{t|s})
+    For s = t - 1 this is DDPM's posterior with the "fixed_small" variance.
+    """
+    _check_order(t, t_prev)
+    a_t = _alpha_bar(alphas_cumprod, t, x_t)
+    a_s = _alpha_bar(alphas_cumprod, t_prev, x_t)
+    a_ts = a_t / a_s
+    mean = (a_s.sqrt() * (1.0 - a_ts) / (1.0 - a_t)) * x0.float() + (
+        a_ts.sqrt() * (1.0 - a_s) / (1.0 - a_t)
+    ) * x_t.float()
+    var = (1.0 - a_s) / (1.0 - a_t) * (1.0 - a_ts)
+    return (mean + var.sqrt() * _randn_like(x_t, generator)).to(x_t.dtype)
+
+
+def ddim_step(
+    x_t: torch.Tensor, x0: torch.Tensor, t: Timestep, t_prev: Timestep, alphas_cumprod: torch.Tensor
+) -> torch.Tensor:
+    """Deterministic DDIM step (eta = 0): keep the noise direction implied by (x_t, x0)."""
+    _check_order(t, t_prev)
+    a_t = _alpha_bar(alphas_cumprod, t, x_t)
+    a_s = _alpha_bar(alphas_cumprod, t_prev, x_t)
+    x0f = x0.float()
+    eps = (x_t.float() - a_t.sqrt() * x0f) / (1.0 - a_t).sqrt()
+    return (a_s.sqrt() * x0f + (1.0 - a_s).sqrt() * eps).to(x_t.dtype)
+
+
+def posterior_step(
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    t: Timestep,
+    t_prev: Timestep,
+    alphas_cumprod: torch.Tensor,
+    kind: StepKind = "ddpm",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """x_{t_prev} from x_t toward x0 with the chosen step ("ddpm": stochastic posterior, "ddim": eta 0)."""
+    if kind == "ddpm":
+        return ddpm_posterior_step(x_t, x0, t, t_prev, alphas_cumprod, generator)
+    if kind == "ddim":
+        return ddim_step(x_t, x0, t, t_prev, alphas_cumprod)
+    raise ValueError(f'posterior step kind must be "ddpm" or "ddim", got {kind!r}')
