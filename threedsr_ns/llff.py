@@ -4,6 +4,7 @@ Layout written:
     out/images/*.png      LR images (GT / s, antialiased bicubic): what 3dsr trains on
     out/gt/*.png          GT images (s x LR), kept for evaluation only
     out/transforms.json   LR intrinsics, OpenGL camera-to-world poses, the SfM points if the scene has them
+    out/transforms_gt.json  the same cameras at GT size over gt/ (evaluation, and the splatfacto-at-GT anchor)
     out/sparse_pc.ply     COLMAP points3D (same world frame as poses_bounds.npy)
     out/split.json        train / test file names (every 8th image is a test view, the paper's protocol)
 
@@ -116,6 +117,9 @@ def prepare_llff(scene: Path, out: Path, scale: int = 4, gt_width: Optional[int]
         _write_ply(out / "sparse_pc.ply", xyz, rgb)
         transforms["ply_file_path"] = "sparse_pc.ply"
     (out / "transforms.json").write_text(json.dumps(transforms, indent=2))
+    gt_transforms = dict(transforms, w=gt_w, h=gt_h, fl_x=float(fx * scale), fl_y=float(fy * scale), cx=gt_w / 2.0,
+                         cy=gt_h / 2.0, frames=[dict(f, file_path=f["file_path"].replace("images/", "gt/")) for f in frames])
+    (out / "transforms_gt.json").write_text(json.dumps(gt_transforms, indent=2))
     summary = {
         "scene": str(scene), "scale": scale, "gt_size": [gt_w, gt_h], "lr_size": [lr_w, lr_h],
         "crop": f"GT centre-cropped from {width0}x{height0} to {width0}x{crop_h} (rows {top}..{top + crop_h - 1})",

@@ -45,7 +45,7 @@ class ThreeDSRModel(SplatfactoModel):
     config: ThreeDSRModelConfig
 
     def populate_modules(self) -> None:
-        with splatfacto_on_cpu(), _lpips_only_if_weights_on_disk():
+        with splatfacto_on_cpu(), lpips_only_if_weights_on_disk():
             super().populate_modules()
         if not cuda_available() and self.config.use_absgrad:
             # the PyTorch reference rasterizer has no absgrad; densify on the plain 2D gradient, whose
@@ -120,7 +120,7 @@ def alexnet_weights_path() -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(AlexNet_Weights.IMAGENET1K_V1.url))
 
 
-class _lpips_only_if_weights_on_disk:
+class lpips_only_if_weights_on_disk:
     """splatfacto builds torchmetrics' LPIPS, which downloads AlexNet's weights: offline it cannot even be
     constructed. Build it only when the weights are already on disk; otherwise say so once and skip it."""
 

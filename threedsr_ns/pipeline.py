@@ -129,7 +129,7 @@ class ThreeDSRPipeline(VanillaPipeline):
         generator = torch.Generator(device=self.device).manual_seed(cfg.guidance_seed + k)
         backend.to(self.device)
         t = self.timesteps[k - 1]
-        if k == 1:
+        if k == 1 or not backend.is_diffusion:  # a non-diffusion baseline ignores x_t: no renders needed
             with timer("encode"):
                 encoded = backend.encode(lr_up)
             x_t = guidance.start_latents(encoded if cfg.start_latents == "noised_lr" else None, encoded.shape, t,
