@@ -73,3 +73,14 @@ def test_finished_run_renders_at_hr_like_ns_render(finished_run: Path):
     outputs = pipeline.model.get_outputs_for_camera(camera)
     assert outputs["rgb"].shape == (96, 128, 3)
     assert torch.isfinite(outputs["rgb"]).all() and outputs["rgb"].std() > 0.01
+
+
+def test_a_run_stopped_mid_phase_resumes_and_ends_on_the_same_schedule(finished_run: Path, tiny_fern: Path, tmp_path: Path):
+    mid = finished_run / "nerfstudio_models" / f"step-{WARMUP + PHASE // 2:09d}.ckpt"
+    result = ns_train(tiny_fern, tmp_path, "--load-checkpoint", str(mid))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    ckpts = sorted((tmp_path / "fern" / "3dsr" / "run" / "nerfstudio_models").glob("step-*.ckpt"))
+    assert [int(c.stem.split("-")[1]) for c in ckpts] == [WARMUP + STEPS * PHASE - 1]  # not 2x the schedule
+    state = load_pipeline_state(ckpts[-1])["_extra_state"]
+    assert state["steps_done"] == STEPS  # the second denoising step ran after the resume
+    assert "denoise step 2/2" in result.stdout and "denoise step 1/2" not in result.stdout

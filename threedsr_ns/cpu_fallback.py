@@ -16,13 +16,9 @@ import torch
 from threedsr_ns import rasterize_torch
 
 
-def cuda_available() -> bool:
-    return torch.cuda.is_available()
-
-
 @contextlib.contextmanager
 def splatfacto_on_cpu() -> Iterator[None]:
-    if cuda_available():
+    if torch.cuda.is_available():
         yield
         return
     import nerfstudio.models.splatfacto as splatfacto

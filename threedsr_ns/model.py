@@ -18,7 +18,7 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.models.splatfacto import SplatfactoModel, SplatfactoModelConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from threedsr_ns.cpu_fallback import cuda_available, splatfacto_on_cpu
+from threedsr_ns.cpu_fallback import splatfacto_on_cpu
 from threedsr_ns.losses import downsample_antialiased, lr_subsampling_loss
 from threedsr_ns.strategy import PhasedStrategy
 
@@ -47,12 +47,6 @@ class ThreeDSRModel(SplatfactoModel):
     def populate_modules(self) -> None:
         with splatfacto_on_cpu(), lpips_only_if_weights_on_disk():
             super().populate_modules()
-        if not cuda_available() and self.config.use_absgrad:
-            # the PyTorch reference rasterizer has no absgrad; densify on the plain 2D gradient, whose
-            # norm is ~4x smaller than absgrad's, with splatfacto's threshold for it
-            CONSOLE.log("No CUDA: densifying on the plain 2D mean gradient with the CPU rasterizer (no absgrad)")
-            self.strategy.absgrad = False
-            self.strategy.grow_grad2d = self.config.densify_grad_thresh / 4.0
         fields = {f.name: getattr(self.strategy, f.name) for f in dataclasses.fields(self.strategy)}
         self.strategy = PhasedStrategy(**fields, screen_size_margin=self.config.screen_size_margin)
         self.in_hr_phase = False
