@@ -16,7 +16,11 @@ from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.plugins.types import MethodSpecification
 
+from threedsr_ns.checkpoints import allow_numpy_scalars_in_checkpoints
 from threedsr_ns.pipeline import ThreeDSRPipelineConfig
+
+# every nerfstudio command that loads a 3dsr checkpoint imports this module first (the method entry point)
+allow_numpy_scalars_in_checkpoints()
 
 
 class ThreeDSRTrainer(Trainer):

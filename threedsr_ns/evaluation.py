@@ -1,0 +1,428 @@
+"""Evaluation of a finished 3dsr run: image metrics against the GT, fidelity to the LR input, 3D consistency.
+
+    test views (HR renders vs data/gt):  PSNR, SSIM (nerfstudio's definitions), LPIPS when AlexNet is on disk
+    test views (HR render, downsampled): PSNR against the LR input the run saw (data/images)
+    train views: multi-view consistency of the final SR targets; of the GT photos and of the renders as references
+
+The consistency score needs no pretrained network (MEt3R does, and cannot be downloaded here): the run's own
+rendered depth carries each pixel of view i into its nearest views j, and the score is the mean absolute colour
+difference between i's pixel and j's image there, over pixels both views see. Per-frame SR that invents different
+details in every view scores high; images of one 3D scene score near the render floor (resampling and
+view-dependent colour).
+
+Conventions (nerfstudio 1.1.5 / gsplat 1.4.0, checked in their sources):
+  * cameras are OpenGL: camera looks down -z, y up; pixel (u, v) with v down has its centre at (u + 0.5, v + 0.5),
+    so its ray in camera coordinates is ((u + 0.5 - cx) / fx, -(v + 0.5 - cy) / fy, -1);
+  * splatfacto's "depth" output is gsplat's "ED" channel: sum(w_i z_i) / sum(w_i), with z_i the Gaussian's camera-space
+    z (gsplat projects with depths = means_c[..., 2]): a z-depth along the optical axis, not a distance along the ray.
+    A pixel's 3D point is therefore depth * ray above (the ray's z component is -1, not a unit vector).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from pytorch_msssim import ssim as _ms_ssim
+from torchmetrics.functional.image import peak_signal_noise_ratio
+
+from threedsr_ns.checkpoints import numpy_scalar_globals
+from threedsr_ns.losses import downsample_antialiased
+from threedsr_ns.model import alexnet_weights_path
+
+DEFAULT_NEIGHBOURS = 2
+DEFAULT_DEPTH_TOLERANCE = 0.05
+"""A warped pixel counts as co-visible in view j when |z_in_j - depth_j| < 5% of z_in_j. Splat expected depth is
+smooth but not exact (a few % on real scenes); occluders in front of a surface are typically much more than 5%
+nearer, so this keeps the surface and drops what j cannot see."""
+MIN_ACCUMULATION = 0.5
+"""Pixels whose render is mostly background have no reliable depth: they take no part in the consistency score."""
+
+PathLike = Union[str, Path]
+
+
+class EvaluationError(RuntimeError):
+    """The run or the dataset cannot be evaluated as given; the message says why and what to pass instead."""
+
+
+# -- image metrics (nerfstudio's definitions: splatfacto's get_image_metrics_and_images) ------------------------
+
+
+def _to_batch(image: torch.Tensor) -> torch.Tensor:
+    if image.dim() != 3 or image.shape[-1] != 3:
+        raise ValueError(f"expected an [H, W, 3] image, got shape {tuple(image.shape)}")
+    return image.permute(2, 0, 1)[None].float()
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of [H, W, 3] images in [0, 1] (torchmetrics PeakSignalNoiseRatio(data_range=1), as nerfstudio)."""
+    return float(peak_signal_noise_ratio(_to_batch(a), _to_batch(b).to(a.device), data_range=1.0))
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
+    """SSIM of [H, W, 3] images in [0, 1] (pytorch_msssim SSIM(data_range=1, 11x11 Gaussian window), as nerfstudio)."""
+    return float(_ms_ssim(_to_batch(a), _to_batch(b).to(a.device), data_range=1.0, size_average=True))
+
+
+@lru_cache(maxsize=1)
+def _lpips_module(weights_path: str) -> torch.nn.Module:
+    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+    # torchvision finds the AlexNet weights at weights_path (checked before this is called) and downloads nothing
+    return LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True).eval()
+
+
+def lpips_or_none(a: torch.Tensor, b: torch.Tensor) -> Tuple[Optional[float], Optional[str]]:
+    """LPIPS (AlexNet, inputs in [0, 1], as nerfstudio) of [H, W, 3] images, or (None, why) when it cannot be computed.
+
+    Computed only when torchvision's AlexNet weights are already on disk: a download is never attempted.
+    """
+    weights = alexnet_weights_path()
+    if not os.path.exists(weights):
+        return None, f"LPIPS skipped: its AlexNet weights are not at {weights} (no download attempted)"
+    try:
+        module = _lpips_module(weights).to(a.device)
+        with torch.no_grad():
+            value = module(_to_batch(a).clamp(0, 1), _to_batch(b).to(a.device).clamp(0, 1))
+    except Exception as error:  # a corrupt or partial weights file: report it, do not fail the evaluation
+        return None, f"LPIPS skipped: loading {weights} failed ({type(error).__name__}: {error})"
+    return float(value), None
+
+
+def lr_fidelity_psnr(render_hr: torch.Tensor, lr_image: torch.Tensor) -> float:
+    """PSNR between the HR render downsampled to the LR size (the LR loss's antialiased bicubic) and the LR input.
+
+    Both [H, W, 3]; the render's size must be an integer multiple s of the LR size. Not clamped, like the
+    model's own eval metric.
+    """
+    (h, w), (H, W) = lr_image.shape[:2], render_hr.shape[:2]
+    if H % h or W % w or H // h != W // w:
+        raise ValueError(f"render {W}x{H} is not an integer multiple of the LR image {w}x{h}")
+    down = downsample_antialiased(_to_batch(render_hr), (h, w))[0].permute(1, 2, 0)
+    return psnr(down, lr_image)
+
+
+# -- multi-view consistency ---------------------------------------------------------------------------------
+
+
+@dataclass
+class PinholeCameras:
+    """The parts of nerfstudio `Cameras` the warp needs, as plain tensors (OpenGL camera-to-world)."""
+
+    camera_to_worlds: torch.Tensor  # [N, 3, 4]
+    fx: torch.Tensor  # [N]
+    fy: torch.Tensor
+    cx: torch.Tensor
+    cy: torch.Tensor
+    width: torch.Tensor  # [N] int
+    height: torch.Tensor
+
+    @classmethod
+    def from_nerfstudio(cls, cameras) -> "PinholeCameras":
+        from nerfstudio.cameras.cameras import CameraType
+
+        types = cameras.camera_type.reshape(-1)
+        if (types != CameraType.PERSPECTIVE.value).any():
+            raise ValueError("multiview_consistency supports perspective cameras only")
+        if cameras.distortion_params is not None and cameras.distortion_params.abs().max() > 0:
+            raise ValueError("multiview_consistency supports undistorted pinhole cameras only")
+        def flat(values: torch.Tensor) -> torch.Tensor:  # nerfstudio stores intrinsics as [N, 1]
+            return values.reshape(-1)
+
+        return cls(cameras.camera_to_worlds.reshape(-1, 3, 4).float(), flat(cameras.fx).float(), flat(cameras.fy).float(),
+                   flat(cameras.cx).float(), flat(cameras.cy).float(), flat(cameras.width).long(), flat(cameras.height).long())
+
+    def __len__(self) -> int:
+        return self.camera_to_worlds.shape[0]
+
+    @property
+    def centres(self) -> torch.Tensor:
+        return self.camera_to_worlds[:, :3, 3]
+
+
+def nearest_camera_pairs(centres: torch.Tensor, k: int = DEFAULT_NEIGHBOURS) -> List[Tuple[int, int]]:
+    """(i, j) for each view i and its k nearest other views j by camera centre distance."""
+    n = centres.shape[0]
+    if n < 2:
+        raise ValueError("consistency needs at least two views")
+    dist = torch.cdist(centres.double(), centres.double())
+    dist.fill_diagonal_(float("inf"))
+    nearest = dist.topk(min(k, n - 1), largest=False).indices
+    return [(i, int(j)) for i in range(n) for j in nearest[i]]
+
+
+def backproject(depth: torch.Tensor, cams: PinholeCameras, i: int) -> torch.Tensor:
+    """World points [H, W, 3] of view i's pixels, from its z-depth [H, W] (see the module docstring)."""
+    h, w = depth.shape
+    v, u = torch.meshgrid(torch.arange(h, device=depth.device, dtype=torch.float32) + 0.5,
+                          torch.arange(w, device=depth.device, dtype=torch.float32) + 0.5, indexing="ij")
+    rays = torch.stack([(u - cams.cx[i]) / cams.fx[i], -(v - cams.cy[i]) / cams.fy[i], -torch.ones_like(u)], -1)
+    c2w = cams.camera_to_worlds[i].to(depth.device)
+    return (rays * depth[..., None]) @ c2w[:, :3].T + c2w[:, 3]
+
+
+def project(points: torch.Tensor, cams: PinholeCameras, j: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """World points [..., 3] -> (continuous pixel coordinates [..., 2] of view j, pixel centres at k + 0.5; z-depth [...])."""
+    c2w = cams.camera_to_worlds[j].to(points.device)
+    local = (points - c2w[:, 3]) @ c2w[:, :3]  # R^T (p - t), row-vector form
+    z = -local[..., 2]
+    safe_z = torch.where(z > 1e-8, z, torch.ones_like(z))
+    u = cams.fx[j] * local[..., 0] / safe_z + cams.cx[j]
+    v = -cams.fy[j] * local[..., 1] / safe_z + cams.cy[j]
+    return torch.stack([u, v], -1), z
+
+
+def _sample(image: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """Bilinearly sample [H, W, C] at continuous pixel coordinates [h, w, 2] -> [h, w, C]."""
+    height, width = image.shape[:2]
+    grid = torch.stack([uv[..., 0] / width * 2 - 1, uv[..., 1] / height * 2 - 1], -1)  # align_corners=False
+    out = F.grid_sample(image.permute(2, 0, 1)[None].float(), grid[None], mode="bilinear",
+                        padding_mode="border", align_corners=False)
+    return out[0].permute(1, 2, 0)
+
+
+@dataclass
+class PairDisagreement:
+    colour_sum: float  # sum over co-visible pixels of the mean-over-channels |I_i - I_j(warp)|
+    covisible: int  # co-visible pixels
+    pixels: int  # pixels of view i taking part (valid source pixels)
+
+
+def pair_disagreement(images: torch.Tensor, depths: torch.Tensor, cams: PinholeCameras, i: int, j: int,
+                      depth_tolerance: float = DEFAULT_DEPTH_TOLERANCE,
+                      valid: Optional[torch.Tensor] = None) -> PairDisagreement:
+    """Warp view i into view j with i's depth; compare colours where j sees the same surface."""
+    height, width = depths.shape[1:]
+    points = backproject(depths[i].float(), cams, i)
+    uv, z = project(points, cams, j)
+    # the bilinear footprint must stay on j's pixel centres: no border-padded samples
+    inside = (uv[..., 0] >= 0.5) & (uv[..., 0] <= width - 0.5) & (uv[..., 1] >= 0.5) & (uv[..., 1] <= height - 0.5)
+    depth_j = _sample(depths[j][..., None], uv)[..., 0]
+    mask = inside & (z > 0) & ((z - depth_j).abs() < depth_tolerance * z)
+    source = torch.ones_like(mask) if valid is None else valid[i].bool()
+    if valid is not None:  # the target pixels must be valid too (all four bilinear neighbours)
+        mask &= _sample(valid[j][..., None].float(), uv)[..., 0] > 0.999
+    mask &= source
+    diff = (images[i].float() - _sample(images[j], uv)).abs().mean(-1)
+    return PairDisagreement(float(diff[mask].sum()), int(mask.sum()), int(source.sum()))
+
+
+@dataclass
+class ConsistencyResult:
+    """Mean absolute colour difference (0..1, lower = more consistent) over co-visible pixels of all pairs."""
+
+    disagreement: float
+    covisible_fraction: float
+    per_view: List[float] = field(default_factory=list)  # view i against its neighbours (nan: nothing co-visible)
+    per_view_covisible: List[float] = field(default_factory=list)
+    pairs: List[Tuple[int, int]] = field(default_factory=list)
+
+
+def multiview_consistency(images: torch.Tensor, depths: torch.Tensor, cameras,
+                          pairs: Optional[Sequence[Tuple[int, int]]] = None,
+                          depth_tolerance: float = DEFAULT_DEPTH_TOLERANCE,
+                          valid: Optional[torch.Tensor] = None) -> ConsistencyResult:
+    """Weights-free multi-view consistency of images [N, H, W, 3] in [0, 1] given z-depths [N, H, W].
+
+    cameras: nerfstudio `Cameras` (perspective, undistorted) or `PinholeCameras`, at the images' size.
+    pairs: (i, j) to compare; default each view's DEFAULT_NEIGHBOURS nearest views by camera centre.
+    valid: optional [N, H, W] bool, pixels whose depth can be trusted (e.g. render accumulation > 0.5).
+    Averages are pixel-weighted: the score is sum |diff| / co-visible pixels over every pair.
+    """
+    cams = cameras if isinstance(cameras, PinholeCameras) else PinholeCameras.from_nerfstudio(cameras)
+    if images.dim() != 4 or images.shape[-1] != 3 or depths.shape != images.shape[:3]:
+        raise ValueError(f"expected images [N, H, W, 3] and depths [N, H, W], got {tuple(images.shape)} and {tuple(depths.shape)}")
+    n, height, width = depths.shape
+    if len(cams) != n:
+        raise ValueError(f"{n} images but {len(cams)} cameras")
+    if (cams.width != width).any() or (cams.height != height).any():
+        raise ValueError(f"cameras are not all {width}x{height}, the images' size: rescale them first")
+    pairs = list(pairs) if pairs is not None else nearest_camera_pairs(cams.centres)
+    sums, covis, pixels = np.zeros(n), np.zeros(n), np.zeros(n)
+    for i, j in pairs:
+        d = pair_disagreement(images, depths, cams, i, j, depth_tolerance, valid)
+        sums[i] += d.colour_sum
+        covis[i] += d.covisible
+        pixels[i] += d.pixels
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_view = (sums / covis).tolist()
+        per_view_covisible = (covis / pixels).tolist()
+    total = covis.sum()
+    return ConsistencyResult(
+        disagreement=float(sums.sum() / total) if total else float("nan"),
+        covisible_fraction=float(total / pixels.sum()) if pixels.sum() else 0.0,
+        per_view=per_view, per_view_covisible=per_view_covisible, pairs=[(int(i), int(j)) for i, j in pairs],
+    )
+
+
+# -- a finished run ----------------------------------------------------------------------------------------
+
+
+def check_inputs(config_path: Path, data_dir: Path) -> None:
+    """Fail early, naming the missing path and what to pass instead."""
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found: pass the config.yml of a finished run, "
+                                "e.g. --config outputs/<experiment>/3dsr/<timestamp>/config.yml")
+    ckpts = config_path.parent / "nerfstudio_models"
+    if not any(ckpts.glob("step-*.ckpt")):
+        raise FileNotFoundError(f"no checkpoint (step-*.ckpt) in {ckpts}: the run saved none yet; ns-train writes "
+                                "one every --steps-per-save iterations and at the end")
+    for sub in ("images", "gt"):
+        if not (data_dir / sub).is_dir():
+            raise FileNotFoundError(f"{data_dir / sub} not found: --data must be the dataset written by "
+                                    "scripts/prepare_llff.py (LR inputs in images/, GT in gt/)")
+
+
+def load_run(config_path: Path, data_dir: Path):
+    """eval_setup the run, reading the dataset from data_dir and the checkpoints from next to config_path
+    (the config stores paths relative to where ns-train ran)."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    def relocate(config):
+        config.pipeline.datamanager.data = data_dir
+        config.pipeline.datamanager.dataparser.data = data_dir
+        # an absolute relative_model_dir wins over the stored base dir in get_checkpoint_dir()'s path join
+        config.relative_model_dir = config_path.resolve().parent / "nerfstudio_models"
+        return config
+
+    with torch.serialization.safe_globals(numpy_scalar_globals()):
+        _, pipeline, _, step = eval_setup(config_path, test_mode="test", update_config_callback=relocate)
+    return pipeline, step
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """[H, W, 3] float in [0, 1]."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the dataset has no image for this view (re-run scripts/prepare_llff.py)")
+    with Image.open(path) as im:
+        return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0)
+
+
+@torch.no_grad()
+def render_views(model, cameras) -> Dict[str, torch.Tensor]:
+    """rgb [N, H, W, 3], depth [N, H, W] (z-depth), accumulation [N, H, W] of every camera, on the CPU."""
+    was_training = model.training
+    model.eval()
+    try:
+        outputs = [model.get_outputs_for_camera(cameras[i : i + 1]) for i in range(len(cameras))]
+    finally:
+        model.train(was_training)
+    return {
+        "rgb": torch.stack([o["rgb"].clamp(0, 1).cpu() for o in outputs]),
+        "depth": torch.stack([o["depth"][..., 0].cpu() for o in outputs]),
+        "accumulation": torch.stack([o["accumulation"][..., 0].cpu() for o in outputs]),
+    }
+
+
+def _names(dataset) -> List[str]:
+    return [Path(f).name for f in dataset._dataparser_outputs.image_filenames]
+
+
+def _finite(x: Optional[float]) -> Optional[float]:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
+def evaluate_test_views(model, dataset, data_dir: Path) -> Tuple[List[Dict], Optional[str]]:
+    """PSNR / SSIM / LPIPS of the HR renders vs data_dir/gt, and LR fidelity vs data_dir/images, per test view."""
+    renders = render_views(model, dataset.cameras)["rgb"]
+    views, lpips_note = [], None
+    for name, render in zip(_names(dataset), renders):
+        gt = read_image(data_dir / "gt" / name)
+        if gt.shape != render.shape:
+            raise EvaluationError(f"{data_dir / 'gt' / name} is {gt.shape[1]}x{gt.shape[0]} but the run renders this view at "
+                             f"{render.shape[1]}x{render.shape[0]}: was the run trained on {data_dir / 'images'}?")
+        lp, why = lpips_or_none(render, gt)
+        lpips_note = lpips_note or why
+        views.append({"name": name, "psnr": psnr(render, gt), "ssim": ssim(render, gt), "lpips": lp,
+                      "lr_psnr": lr_fidelity_psnr(render, read_image(data_dir / "images" / name))})
+    return views, lpips_note
+
+
+def evaluate_train_consistency(model, datamanager, data_dir: Path, neighbours: int,
+                               depth_tolerance: float) -> Tuple[List[Dict], Dict]:
+    """Consistency over the train views, all warped with the run's rendered depth, of
+        sr_target: the final SR targets (what the method produced);
+        gt:        the GT photos of the same views (what real, consistent HR images score with this geometry);
+        render:    the renders themselves (the floor: resampling and view-dependent colour only).
+    The score depends on the geometry's quality: read sr_target against gt, not in isolation."""
+    cameras = datamanager.train_dataset.cameras
+    names = _names(datamanager.train_dataset)
+    rendered = render_views(model, cameras)
+    cams = PinholeCameras.from_nerfstudio(cameras)
+    pairs = nearest_camera_pairs(cams.centres, neighbours)
+    valid = rendered["accumulation"] > MIN_ACCUMULATION
+    image_sets: Dict[str, Optional[torch.Tensor]] = {"sr_target": None, "gt": None, "render": rendered["rgb"]}
+    if datamanager.sr_targets is not None:
+        image_sets["sr_target"] = datamanager.sr_targets.float().cpu()
+    gt_files = [data_dir / "gt" / name for name in names]
+    if all(f.is_file() for f in gt_files):
+        image_sets["gt"] = torch.stack([read_image(f) for f in gt_files])
+    scores: Dict[str, Optional[ConsistencyResult]] = {}
+    for kind, images in image_sets.items():
+        if images is not None and tuple(images.shape[:3]) != tuple(rendered["depth"].shape):
+            raise EvaluationError(f"{kind} images are {tuple(images.shape)} but the run renders the train views at "
+                                  f"{tuple(rendered['rgb'].shape)}")
+        scores[kind] = None if images is None else multiview_consistency(images, rendered["depth"], cams, pairs,
+                                                                         depth_tolerance, valid)
+    views = [{"name": name,
+              **{f"{kind}_disagreement": _finite(r.per_view[i]) if r else None for kind, r in scores.items()},
+              "covisible": _finite(scores["render"].per_view_covisible[i])}
+             for i, name in enumerate(names)]
+    summary = {
+        **{f"{kind}_disagreement": _finite(r.disagreement) if r else None for kind, r in scores.items()},
+        "covisible_fraction": scores["render"].covisible_fraction,
+        "neighbours": neighbours, "depth_tolerance": depth_tolerance, "min_accumulation": MIN_ACCUMULATION,
+        "pairs": [list(p) for p in pairs],
+    }
+    return views, summary
+
+
+def evaluate_run(config_path: PathLike, data_dir: PathLike, neighbours: int = DEFAULT_NEIGHBOURS,
+                 depth_tolerance: float = DEFAULT_DEPTH_TOLERANCE) -> Dict:
+    """Evaluate a finished 3dsr run against a prepared dataset (see the module docstring); a JSON-ready dict."""
+    config_path, data_dir = Path(config_path), Path(data_dir)
+    check_inputs(config_path, data_dir)
+    pipeline, step = load_run(config_path, data_dir)
+    dm = pipeline.datamanager
+    if getattr(dm, "upscale_factor", 1) == 1 or getattr(pipeline, "steps_done", 0) == 0:
+        raise EvaluationError(f"{config_path}: the run's checkpoint (step {step}) is still in the LR warm-up, so it has no "
+                           "HR renders or SR targets to evaluate; evaluate a checkpoint after the first denoising step")
+    test_views, lpips_note = evaluate_test_views(pipeline.model, dm.eval_dataset, data_dir)
+    train_views, consistency = evaluate_train_consistency(pipeline.model, dm, data_dir, neighbours, depth_tolerance)
+    split_file = data_dir / "split.json"
+    if split_file.is_file():  # the run's test views must be the dataset's (every 8th image)
+        expected = json.loads(split_file.read_text()).get("test")
+        if expected is not None and sorted(expected) != sorted(v["name"] for v in test_views):
+            raise EvaluationError(f"the run's test views {[v['name'] for v in test_views]} differ from {split_file}'s {expected}")
+    cam = dm.eval_dataset.cameras
+    return {
+        "config": str(config_path), "data": str(data_dir), "step": int(step),
+        "denoise_steps_done": int(pipeline.steps_done), "upscale_factor": int(dm.upscale_factor),
+        "render_size": [int(cam.width.reshape(-1)[0]), int(cam.height.reshape(-1)[0])],
+        "lpips_note": lpips_note,
+        "mean": {
+            "psnr": _mean([v["psnr"] for v in test_views]), "ssim": _mean([v["ssim"] for v in test_views]),
+            "lpips": _mean([v["lpips"] for v in test_views]), "lr_psnr": _mean([v["lr_psnr"] for v in test_views]),
+            "sr_target_disagreement": consistency["sr_target_disagreement"],
+            "gt_disagreement": consistency["gt_disagreement"],
+            "render_disagreement": consistency["render_disagreement"],
+            "covisible_fraction": consistency["covisible_fraction"],
+        },
+        "consistency": consistency,
+        "test_views": test_views,
+        "train_views": train_views,
+    }
