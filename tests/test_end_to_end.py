@@ -63,6 +63,16 @@ def test_training_runs_the_whole_schedule_and_swaps_hr_targets(finished_run: Pat
     assert end["latents"].shape[0] == n_train and end["latents"].shape[-2:] == (24, 32)
 
 
+def test_sr_targets_and_contact_sheets_are_written_for_people(finished_run: Path):
+    from PIL import Image
+
+    for name in ("step1", "step2", "final"):
+        pngs = sorted((finished_run / "sr_targets" / name).glob("*.png"))
+        assert len(pngs) == 17 and Image.open(pngs[0]).size == (128, 96)
+        sheet = Image.open(finished_run / f"contact_sheet_{name}.png")
+        assert sheet.width == 4 * 320 and sheet.height > 6 * 200  # 4 columns, 6 views
+
+
 def test_finished_run_renders_at_hr_like_ns_render(finished_run: Path):
     from nerfstudio.utils.eval_utils import eval_setup
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Literal, Optional, Type
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, List, Literal, Optional, Type
 
 import torch
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
@@ -23,11 +24,14 @@ from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineC
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from threedsr_ns import guidance
+from threedsr_ns.artifacts import contact_sheet, save_sr_targets
 from threedsr_ns.backends import make_backend
 from threedsr_ns.colorfix import bicubic_upsample, wavelet_color_fix
 from threedsr_ns.datamanager import ThreeDSRDataManager, ThreeDSRDataManagerConfig
 from threedsr_ns.model import ThreeDSRModel, ThreeDSRModelConfig
 from threedsr_ns.phases import PhaseSchedule
+
+CONTACT_SHEET_VIEWS = 6
 
 
 @dataclass
@@ -70,6 +74,8 @@ class ThreeDSRPipelineConfig(VanillaPipelineConfig):
     """Views per batch through the SR model's VAE and denoiser."""
     guidance_seed: int = 0
     """Seed of the diffusion noise, for reproducible runs."""
+    save_artifacts: bool = True
+    """Write each guidance step's SR targets (PNG) and contact sheets into the run's folder, for people."""
 
     @property
     def schedule(self) -> PhaseSchedule:
@@ -91,6 +97,9 @@ class ThreeDSRPipeline(VanillaPipeline):
         """x_{t_k} of the last guidance step, [N, C, h, w]: the sampler's state between steps."""
         self.guidance_log: List[Dict[str, float]] = []
         self._optimizers = None
+        self._artifacts_dir: Optional[Path] = None
+        self._first_sr: Optional[torch.Tensor] = None
+        """Step 1's (per-frame) SR of the first few views, for the contact sheets."""
         self.backend = None
         if test_mode == "val":  # training: load (and check) the SR model now, not after a 30k-step warm-up
             self.backend = make_backend(
@@ -108,7 +117,11 @@ class ThreeDSRPipeline(VanillaPipeline):
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
         callbacks = super().get_training_callbacks(training_callback_attributes)
         self._optimizers = training_callback_attributes.optimizers
+        trainer = training_callback_attributes.trainer
+        if self.config.save_artifacts and trainer is not None:
+            self._artifacts_dir = Path(trainer.base_dir)
         callbacks.append(TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], self.guidance_callback))
+        callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], self.final_artifacts_callback))
         return callbacks
 
     def guidance_callback(self, step: int) -> None:
@@ -157,12 +170,34 @@ class ThreeDSRPipeline(VanillaPipeline):
         self._restart_lr_schedules()
         self.guidance_log.append({"step": k, "iteration": step, **timer.seconds})
         CONSOLE.log(f"[bold]3dsr[/bold] denoise step {k} done: " + ", ".join(f"{n} {s:.2f}s" for n, s in timer.seconds.items()))
+        if k == 1:
+            self._first_sr = sr[:CONTACT_SHEET_VIEWS].half().cpu()
+        self.write_artifacts(f"step{k}")
 
-    def render_train_views(self) -> torch.Tensor:
-        """Render every train view at the current (HR) camera size: [N, 3, H, W] in [0, 1]."""
+    def final_artifacts_callback(self, step: int) -> None:
+        if step == self.schedule.total_iterations - 1 and self.steps_done > 0:
+            self.write_artifacts("final")
+
+    @torch.no_grad()
+    def write_artifacts(self, name: str) -> None:
+        """sr_targets/<name>/<view>.png for every train view and contact_sheet_<name>.png (first few views)."""
+        if self._artifacts_dir is None or self.datamanager.sr_targets is None:
+            return
+        sr = self.datamanager.sr_targets.permute(0, 3, 1, 2)
+        names = self.datamanager.train_dataset._dataparser_outputs.image_filenames
+        save_sr_targets(self._artifacts_dir / "sr_targets" / name, sr, names)
+        views = range(min(CONTACT_SHEET_VIEWS, len(names)))
+        first = self._first_sr if self._first_sr is not None else sr[: len(views)]
+        sheet = contact_sheet(self.datamanager.lr_images()[: len(views)], first.to(sr.device), sr[: len(views)],
+                              self.render_train_views(views), max_views=len(views))
+        sheet.save(self._artifacts_dir / f"contact_sheet_{name}.png")
+
+    def render_train_views(self, views: Optional[Iterable[int]] = None) -> torch.Tensor:
+        """Render train views (default: all) at the current (HR) camera size: [N, 3, H, W] in [0, 1]."""
         cameras = self.datamanager.train_dataset.cameras
+        views = range(len(cameras)) if views is None else views
         with _eval_mode(self.model):
-            images = [self.model.get_outputs_for_camera(cameras[i : i + 1])["rgb"] for i in range(len(cameras))]
+            images = [self.model.get_outputs_for_camera(cameras[i : i + 1])["rgb"] for i in views]
         return torch.stack(images).permute(0, 3, 1, 2).clamp(0.0, 1.0)
 
     def _restart_lr_schedules(self) -> None:
@@ -177,11 +212,13 @@ class ThreeDSRPipeline(VanillaPipeline):
     # -- checkpoints ------------------------------------------------------------------------------------
 
     def get_extra_state(self) -> Dict:
-        return {"steps_done": self.steps_done, "latents": self.latents, "sr_targets": self.datamanager.sr_targets}
+        return {"steps_done": self.steps_done, "latents": self.latents, "sr_targets": self.datamanager.sr_targets,
+                "first_sr": self._first_sr}
 
     def set_extra_state(self, state: Dict) -> None:
         self.steps_done = int(state["steps_done"])
         self.latents = None if state["latents"] is None else state["latents"].to(self.device)
+        self._first_sr = state.get("first_sr")
         if self.steps_done > 0:
             self.datamanager.enter_hr(self.config.upscale_factor)
             self.datamanager.swap(state["sr_targets"].to(self.device))
