@@ -30,6 +30,7 @@ from threedsr_ns.colorfix import bicubic_upsample, wavelet_color_fix
 from threedsr_ns.datamanager import ThreeDSRDataManager, ThreeDSRDataManagerConfig
 from threedsr_ns.model import ThreeDSRModel, ThreeDSRModelConfig
 from threedsr_ns.phases import PhaseSchedule
+from threedsr_ns.viewer import ThreeDSRViewerPanel, mean_guidance_seconds
 
 CONTACT_SHEET_VIEWS = 6
 
@@ -101,6 +102,8 @@ class ThreeDSRPipeline(VanillaPipeline):
         self._first_sr: Optional[torch.Tensor] = None
         """Step 1's (per-frame) SR of the first few views, for the contact sheets."""
         self.backend = None
+        self.threedsr_viewer: Optional[ThreeDSRViewerPanel] = None
+        """The 3DSR panel of the viewer (training only); an nn.Module so nerfstudio's viewer finds its elements."""
         if test_mode == "val":  # training: load (and check) the SR model now, not after a 30k-step warm-up
             self.backend = make_backend(
                 config.sr_backend, model_path=config.sr_model_path, device=self.device, seed=config.guidance_seed,
@@ -111,6 +114,7 @@ class ThreeDSRPipeline(VanillaPipeline):
             self.backend.offload()
             self.timesteps = guidance.denoise_timesteps(config.denoise_steps, self.backend.num_train_timesteps,
                                                         config.start_timestep)
+            self.threedsr_viewer = ThreeDSRViewerPanel.for_pipeline(self)
 
     # -- the loop ---------------------------------------------------------------------------------------
 
@@ -122,6 +126,10 @@ class ThreeDSRPipeline(VanillaPipeline):
             self._artifacts_dir = Path(trainer.base_dir)
         callbacks.append(TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], self.guidance_callback))
         callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], self.final_artifacts_callback))
+        if self.threedsr_viewer is not None:
+            self.threedsr_viewer.attach(trainer)
+            callbacks.append(TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], self.viewer_progress_callback,
+                                              update_every_num_iters=10))
         return callbacks
 
     def guidance_callback(self, step: int) -> None:
@@ -129,12 +137,18 @@ class ThreeDSRPipeline(VanillaPipeline):
         while self.steps_done < self.schedule.denoise_steps and step >= self.schedule.guidance_step_start(self.steps_done + 1):
             self.run_guidance_step(self.steps_done + 1, step)
 
+    def viewer_progress_callback(self, step: int) -> None:
+        assert self.threedsr_viewer is not None
+        self.threedsr_viewer.update_progress(step, guidance_seconds=mean_guidance_seconds(self.guidance_log))
+
     @torch.no_grad()
     def run_guidance_step(self, k: int, step: int) -> None:
         assert self.backend is not None, "guidance runs only in a training pipeline"
         cfg, backend, dm = self.config, self.backend, self.datamanager
         timer = _StepTimer(self.device)
         CONSOLE.log(f"[bold]3dsr[/bold] denoise step {k}/{cfg.denoise_steps} (t={self.timesteps[k - 1]}) at iteration {step}")
+        if self.threedsr_viewer is not None:
+            self.threedsr_viewer.on_guidance_start(k)
         if k == 1:
             dm.enter_hr(cfg.upscale_factor)
         lr = dm.lr_images()
@@ -163,6 +177,8 @@ class ThreeDSRPipeline(VanillaPipeline):
                 sr = wavelet_color_fix(sr, lr_up)
         with timer("swap"):
             dm.swap(sr.permute(0, 2, 3, 1))
+        if self.threedsr_viewer is not None:
+            self.threedsr_viewer.on_swap(dm.sr_targets)
         backend.offload()
         self.latents = x_t.float()
         self.steps_done = k
@@ -222,6 +238,8 @@ class ThreeDSRPipeline(VanillaPipeline):
         if self.steps_done > 0:
             self.datamanager.enter_hr(self.config.upscale_factor)
             self.datamanager.swap(state["sr_targets"].to(self.device))
+            if self.threedsr_viewer is not None:
+                self.threedsr_viewer.on_swap(self.datamanager.sr_targets)
             self.model.start_hr_phase(self.schedule.guidance_step_start(self.steps_done), self.config.phase_iters)
 
 
