@@ -94,3 +94,17 @@ def test_a_run_stopped_mid_phase_resumes_and_ends_on_the_same_schedule(finished_
     state = load_pipeline_state(ckpts[-1])["_extra_state"]
     assert state["steps_done"] == STEPS  # the second denoising step ran after the resume
     assert "denoise step 2/2" in result.stdout and "denoise step 1/2" not in result.stdout
+
+
+def test_ns_render_dataset_writes_test_views_at_hr(finished_run: Path, tmp_path: Path):
+    from PIL import Image
+
+    ns_render = Path(sys.executable).with_name("ns-render")
+    result = subprocess.run(
+        [str(ns_render), "dataset", "--load-config", str(finished_run / "config.yml"), "--output-path", str(tmp_path),
+         "--split", "test", "--rendered-output-names", "rgb"],
+        capture_output=True, text=True, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""), timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    frames = sorted((tmp_path / "test" / "rgb").glob("*"))
+    assert [f.stem for f in frames] == ["image000", "image008", "image016"]  # fern's test views
+    assert all(Image.open(f).size == (128, 96) for f in frames)  # x4 the 32x24 LR

@@ -53,8 +53,9 @@ class ThreeDSRDataManager(FullImageDatamanager[InputDataset]):
         files: List[Path] = []
         camera_sizes: List[Tuple[int, int]] = []
         for dataset in (self.train_dataset, self.eval_dataset):
-            cams = dataset.cameras
-            camera_sizes += [(int(h), int(w)) for h, w in zip(cams.height.reshape(-1), cams.width.reshape(-1))]
+            cams, scale = dataset.cameras, dataset.scale_factor  # cameras of a finished run's re-render are xs
+            camera_sizes += [(round(int(h) / scale), round(int(w) / scale))
+                             for h, w in zip(cams.height.reshape(-1), cams.width.reshape(-1))]
             files += list(dataset._dataparser_outputs.image_filenames)
         if self.test_mode == "inference":  # ns-render / viewer: images are not read
             return Counter(camera_sizes).most_common(1)[0][0]
@@ -103,6 +104,8 @@ class ThreeDSRDataManager(FullImageDatamanager[InputDataset]):
             dataset.cameras.rescale_output_resolution(scale)
         self.train_cameras = self.train_dataset.cameras.to(self.device)
         self.upscale_factor = scale
+        # datamanagers built later from this config (ns-render dataset makes its own) get xs cameras too
+        self.config.camera_res_scale_factor = float(scale)
 
     def swap(self, targets: torch.Tensor) -> None:
         """Make `targets` ([N, sH, sW, 3], float in [0, 1], on the device) the training images of the N views."""
