@@ -69,6 +69,9 @@ class ThreeDSRPipelineConfig(VanillaPipelineConfig):
     """t1, the first denoising timestep; default the last training timestep. t1 > t2 > ... are evenly spaced."""
     posterior: Literal["ddpm", "ddim"] = "ddpm"
     """How x_{t_k} is drawn from x_{t_(k-1)} and the rendered clean latent: the DDPM posterior or DDIM (eta 0)."""
+    guide_with_renders: bool = True
+    """3DSR. False gives the per-frame SR baseline on the same schedule: each denoising step moves toward the
+    model's own previous prediction instead of the 3D-consistent render (ordinary sampling, view by view)."""
     color_fix: bool = True
     """Wavelet colour fix: keep the low frequencies of the bicubic LR, the high frequencies of the decode."""
     guidance_batch_size: int = 8
@@ -96,6 +99,8 @@ class ThreeDSRPipeline(VanillaPipeline):
         """Guidance steps run so far (0..K)."""
         self.latents: Optional[torch.Tensor] = None
         """x_{t_k} of the last guidance step, [N, C, h, w]: the sampler's state between steps."""
+        self.x0: Optional[torch.Tensor] = None
+        """The denoiser's clean-latent prediction at the last step (the per-frame baseline steps toward it)."""
         self.guidance_log: List[Dict[str, float]] = []
         self._optimizers = None
         self._artifacts_dir: Optional[Path] = None
@@ -162,12 +167,15 @@ class ThreeDSRPipeline(VanillaPipeline):
             x_t = guidance.start_latents(encoded if cfg.start_latents == "noised_lr" else None, encoded.shape, t,
                                          backend.alphas_cumprod, generator, mode=cfg.start_latents)
         else:
-            with timer("render"):
-                renders = self.render_train_views()
-            with timer("encode"):
-                x0_consistent = backend.encode(renders)
-            assert self.latents is not None
-            x_t = guidance.posterior_step(self.latents, x0_consistent, self.timesteps[k - 2], t, backend.alphas_cumprod,
+            assert self.latents is not None and self.x0 is not None
+            if cfg.guide_with_renders:
+                with timer("render"):
+                    renders = self.render_train_views()
+                with timer("encode"):
+                    x0_target = backend.encode(renders)  # the 3D-consistent clean latent
+            else:
+                x0_target = self.x0  # plain sampling: each view toward its own prediction (per-frame SR)
+            x_t = guidance.posterior_step(self.latents, x0_target, self.timesteps[k - 2], t, backend.alphas_cumprod,
                                           generator=generator, kind=cfg.posterior)
         with timer("denoise"):
             x0 = backend.predict_x0(x_t, t, lr)
@@ -180,7 +188,7 @@ class ThreeDSRPipeline(VanillaPipeline):
         if self.threedsr_viewer is not None:
             self.threedsr_viewer.on_swap(dm.sr_targets)
         backend.offload()
-        self.latents = x_t.float()
+        self.latents, self.x0 = x_t.float(), x0.float()
         self.steps_done = k
         self.model.start_hr_phase(step, cfg.phase_iters)
         self._restart_lr_schedules()
@@ -228,12 +236,13 @@ class ThreeDSRPipeline(VanillaPipeline):
     # -- checkpoints ------------------------------------------------------------------------------------
 
     def get_extra_state(self) -> Dict:
-        return {"steps_done": self.steps_done, "latents": self.latents, "sr_targets": self.datamanager.sr_targets,
-                "first_sr": self._first_sr}
+        return {"steps_done": self.steps_done, "latents": self.latents, "x0": self.x0,
+                "sr_targets": self.datamanager.sr_targets, "first_sr": self._first_sr}
 
     def set_extra_state(self, state: Dict) -> None:
         self.steps_done = int(state["steps_done"])
         self.latents = None if state["latents"] is None else state["latents"].to(self.device)
+        self.x0 = None if state.get("x0") is None else state["x0"].to(self.device)
         self._first_sr = state.get("first_sr")
         if self.steps_done > 0:
             self.datamanager.enter_hr(self.config.upscale_factor)
