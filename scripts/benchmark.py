@@ -29,7 +29,7 @@ import tyro
 
 from threedsr_ns.config import threedsr_trainer_config
 from threedsr_ns.dataparser import ThreeDSRDataParserConfig
-from threedsr_ns.model import lpips_only_if_weights_on_disk
+from threedsr_ns.runs import quiet, release_gpu_memory, setup_trainer
 from threedsr_ns.timing import IterationRecorder
 
 Kind = Literal["3dsr", "no-diffusion", "splatfacto"]
@@ -52,26 +52,16 @@ def make_config(kind: Kind, data: Path, out: Path, warmup: int, steps: int, phas
         p.warmup_iters, p.denoise_steps, p.phase_iters = warmup, steps, phase
         p.datamanager.data = data
         config.max_num_iterations = p.schedule.total_iterations
-    config.output_dir = out / "runs"
-    config.timestamp = kind
-    config.vis = "tensorboard"
-    config.steps_per_save = 10**9  # one checkpoint, at the end
-    config.steps_per_eval_image = 10**9
-    config.steps_per_eval_all_images = 10**9
-    config.steps_per_eval_batch = 10**9
-    return config
+    return quiet(config, out / "runs", kind)
 
 
 def run(kind: Kind, data: Path, out: Path, warmup: int, steps: int, phase: int, splatfacto_iters: int,
         profile: bool = False) -> dict:
     config = make_config(kind, data, out, warmup, steps, phase, splatfacto_iters)
-    config.save_config()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    trainer = config.setup(local_rank=0, world_size=1)
-    with lpips_only_if_weights_on_disk():
-        trainer.setup()
+    trainer = setup_trainer(config)
     recorder = IterationRecorder(trainer)
     setup_s = time.perf_counter() - start
     if profile:  # where the trainer's per-iteration time goes (Python side), top 40 by cumulative time
@@ -203,7 +193,7 @@ def main() -> None:
     for kind in kinds:
         run(kind, args.data, args.out, args.warmup_iters, args.denoise_steps, args.phase_iters, args.splatfacto_iters,
             args.profile)
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+        release_gpu_memory()
     if isinstance(args, All):
         summarize(args.out, args.json, command)
 

@@ -25,6 +25,7 @@ import tyro
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 
 from threedsr_ns.config import threedsr_trainer_config
+from threedsr_ns.runs import quiet, release_gpu_memory, setup_trainer
 from threedsr_ns.timing import IterationRecorder
 
 VARIANTS = ("size-aware", "split-off", "splatfacto")
@@ -51,16 +52,12 @@ def make_config(variant: str, data: Path, out: Path, iters: int):
         model.min_downscaled_side, model.screen_size_margin = 0, 0.0
     if variant == "split-off":
         model.stop_screen_size_at = 0
-    config.output_dir, config.timestamp, config.vis = out / "runs", variant, "tensorboard"
-    config.steps_per_save = config.steps_per_eval_image = config.steps_per_eval_all_images = 10**9
-    config.steps_per_eval_batch = 10**9
-    return config
+    return quiet(config, out / "runs", variant)
 
 
 def run(variant: str, args: Args) -> dict:
     config = make_config(variant, args.data, args.out, args.iters)
-    trainer = config.setup(local_rank=0, world_size=1)
-    trainer.setup()
+    trainer = setup_trainer(config)
     recorder = IterationRecorder(trainer)
 
     def stop(step: int) -> None:
@@ -99,8 +96,7 @@ def main() -> None:
         r = results[variant]
         print(f"{variant}: {r['iterations']} it, {r['wall_s']:.0f} s, median {r['median_ms']:.2f} ms/it, "
               f"{max(r['gaussians'].values())} Gaussians max, LR test PSNR {r['lr_test_psnr']:.2f}", flush=True)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        release_gpu_memory()
 
 
 if __name__ == "__main__":

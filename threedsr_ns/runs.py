@@ -1,0 +1,30 @@
+"""Train a nerfstudio TrainerConfig in-process, as ns-train would (scripts: benchmark, studies, comparisons)."""
+
+from __future__ import annotations
+
+import torch
+
+from threedsr_ns.model import lpips_only_if_weights_on_disk
+
+
+def quiet(config, out_dir, name: str):
+    """Write under out_dir/…/<name>, log to tensorboard, save one checkpoint at the end, no evaluation passes."""
+    config.output_dir, config.timestamp, config.vis = out_dir, name, "tensorboard"
+    config.steps_per_save = config.steps_per_eval_image = config.steps_per_eval_all_images = 10**9
+    config.steps_per_eval_batch = 10**9
+    return config
+
+
+def setup_trainer(config):
+    """The trainer, set up: data parsed, models built (nerfstudio's splatfacto too, whose LPIPS would
+    otherwise try to download AlexNet)."""
+    config.save_config()
+    trainer = config.setup(local_rank=0, world_size=1)
+    with lpips_only_if_weights_on_disk():
+        trainer.setup()
+    return trainer
+
+
+def release_gpu_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
