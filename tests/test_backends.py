@@ -169,7 +169,7 @@ def test_bicubic_backend() -> None:
 
 
 def test_make_backend_names() -> None:
-    assert BACKEND_NAMES == ("sd-x4-upscaler", "sd-x4-upscaler-random", "tiny-random", "bicubic")
+    assert BACKEND_NAMES == ("sd-x4-upscaler", "sd-x4-upscaler-random", "tiny-random", "bicubic", "compact", "auto")
     with pytest.raises(ValueError) as error:
         make_backend("stablesr", device="cpu")
     for name in BACKEND_NAMES:

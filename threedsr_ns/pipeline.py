@@ -50,9 +50,11 @@ class ThreeDSRPipelineConfig(VanillaPipelineConfig):
     """K: diffusion denoising steps; each is followed by an HR 3DGS phase."""
     phase_iters: int = 5000
     """M: 3DGS iterations at HR after each denoising step."""
-    sr_backend: Literal["sd-x4-upscaler", "bicubic", "sd-x4-upscaler-random", "tiny-random"] = "sd-x4-upscaler"
-    """The SR model: the SD x4 upscaler; bicubic (no diffusion, the same 3DGS work); the SD x4 architecture with
-    random weights (cost measurements only, never quality); a tiny random one (tests)."""
+    sr_backend: Literal["auto", "compact", "sd-x4-upscaler", "bicubic", "sd-x4-upscaler-random", "tiny-random"] = "auto"
+    """The SR model. auto: the SD x4 upscaler when it is on disk or the hub answers, else the compact prior shipped
+    with the package (one log line says which and why); compact; sd-x4-upscaler; bicubic (no diffusion, the same
+    3DGS work); the SD x4 architecture with random weights (cost measurements only, never quality); tiny-random
+    (tests)."""
     sr_model_path: Optional[str] = None
     """A local folder (diffusers layout) or hub id for the SR model; default: the backend's own model id."""
     sr_prompt: str = ""
