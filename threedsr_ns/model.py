@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple, Type
+from typing import Dict, Iterator, Optional, Tuple, Type
 
 import torch
 from nerfstudio.cameras.cameras import Cameras
@@ -99,6 +100,17 @@ class ThreeDSRModel(SplatfactoModel):
             metrics.pop("lpips", None)
             metrics.pop("cc_lpips", None)
         return metrics, images
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Render without training side effects (random background, densification statistics), then restore."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 class _LpipsUnavailable(torch.nn.Module):

@@ -28,7 +28,7 @@ from threedsr_ns.artifacts import contact_sheet, save_sr_targets
 from threedsr_ns.backends import make_backend
 from threedsr_ns.colorfix import bicubic_upsample, wavelet_color_fix
 from threedsr_ns.datamanager import ThreeDSRDataManager, ThreeDSRDataManagerConfig
-from threedsr_ns.model import ThreeDSRModel, ThreeDSRModelConfig
+from threedsr_ns.model import ThreeDSRModel, ThreeDSRModelConfig, eval_mode
 from threedsr_ns.phases import PhaseSchedule
 from threedsr_ns.viewer import ThreeDSRViewerPanel, mean_guidance_seconds
 
@@ -222,7 +222,7 @@ class ThreeDSRPipeline(VanillaPipeline):
         """Render train views (default: all) at the current (HR) camera size: [N, 3, H, W] in [0, 1]."""
         cameras = self.datamanager.train_dataset.cameras
         views = range(len(cameras)) if views is None else views
-        with _eval_mode(self.model):
+        with eval_mode(self.model):
             images = [self.model.get_outputs_for_camera(cameras[i : i + 1])["rgb"] for i in views]
         return torch.stack(images).permute(0, 3, 1, 2).clamp(0.0, 1.0)
 
@@ -252,16 +252,6 @@ class ThreeDSRPipeline(VanillaPipeline):
             if self.threedsr_viewer is not None:
                 self.threedsr_viewer.on_swap(self.datamanager.sr_targets)
             self.model.start_hr_phase(self.schedule.guidance_step_start(self.steps_done), self.config.phase_iters)
-
-
-@contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 class _StepTimer:

@@ -31,9 +31,8 @@ import math
 import statistics
 import time
 from collections import deque
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -43,6 +42,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerDropdown, ViewerElement, ViewerText
 from PIL import Image
 
+from threedsr_ns.model import eval_mode
 from threedsr_ns.phases import PhaseSchedule
 
 ImageLike = Union[torch.Tensor, np.ndarray]
@@ -220,16 +220,6 @@ def _never_raise(method: Callable) -> Callable:
     return wrapper
 
 
-@contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 # -- the panel ----------------------------------------------------------------------------------------------------
 
 class ThreeDSRViewerPanel(torch.nn.Module):
@@ -297,7 +287,7 @@ class ThreeDSRViewerPanel(torch.nn.Module):
         def render(i: int) -> ImageLike:
             if hasattr(pipeline, "render_train_views"):
                 return pipeline.render_train_views([i])[0].permute(1, 2, 0)
-            with _eval_mode(pipeline.model):
+            with eval_mode(pipeline.model):
                 return pipeline.model.get_outputs_for_camera(dm.train_dataset.cameras[i : i + 1])["rgb"]
 
         return cls(pipeline.schedule, names, lr_image_fn=lr_image, sr_target_fn=sr_target, render_fn=render,

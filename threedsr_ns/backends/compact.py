@@ -364,13 +364,6 @@ class CompactSRBackend(SRBackend):
 
     # ---- SRBackend ----------------------------------------------------------------------------------
 
-    def check_scale(self, scale: int) -> None:
-        if scale != self.scale:
-            raise ValueError(
-                f"SR backend 'compact' was trained for x{self.scale} only, but an upscale factor of {scale} was "
-                f"asked for; pass --pipeline.upscale-factor {self.scale} or choose --pipeline.sr-backend bicubic"
-            )
-
     def to(self, device: torch.device | str) -> CompactSRBackend:
         self.device = torch.device(device)
         torch.nn.Module.to(self.unet, self.device)
