@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from threedsr_ns.llff import prepare_llff
 
@@ -18,3 +19,13 @@ def tiny_fern(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data") / "fern"
     prepare_llff(FERN, out, scale=4, gt_width=128)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a box whose cores are shared with other jobs
+    OpenMP oversubscription made the CPU rasterizer and the tiny models 10-30x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -27,13 +27,7 @@ def _inputs(batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(batch, 4, *LR_SIZE, generator=_gen(100)), torch.rand(batch, 3, *LR_SIZE, generator=_gen(101))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The models here are tiny: threads only add overhead, a lot of it when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

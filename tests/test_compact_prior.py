@@ -27,12 +27,7 @@ SR_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "sr_train"
 TINY = dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -19,14 +19,7 @@ gsplat_torch_impl = pytest.importorskip("gsplat.cuda._torch_impl")
 DT = torch.float64  # gradient comparisons are meant to be exact up to rounding
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a CI box whose cores are
-    shared with other jobs OpenMP oversubscription made the rasterizer 10-30x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------------------- scenes
