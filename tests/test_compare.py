@@ -11,21 +11,44 @@ from pathlib import Path
 from PIL import Image
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare.py"
+QUALITY_TABLE = SCRIPT.with_name("quality_table.py")
 
 
 def test_compare_trains_and_scores_bicubic_per_frame_and_3dsr(tiny_fern: Path, tmp_path: Path):
+    out = tmp_path / "fern"
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--data", str(tiny_fern), "--out", str(tmp_path), "--backend", "tiny-random",
+        [sys.executable, str(SCRIPT), "--data", str(tiny_fern), "--out", str(out), "--backend", "tiny-random",
          "--warmup-iters", "8", "--denoise-steps", "2", "--phase-iters", "4", "--crop", "48"],
         capture_output=True, text=True, env=dict(os.environ, CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1"), timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    scores = json.loads((tmp_path / "compare.json").read_text())
+    scores = json.loads((out / "compare.json").read_text())
     assert list(scores) == ["bicubic", "per-frame", "3dsr"]
     for mean in scores.values():
         assert 5 < mean["psnr"] < 50 and 0 <= mean["ssim"] <= 1 and mean["lpips"] is None  # no weights offline
         assert mean["sr_target_disagreement"] >= 0
     # bicubic targets are the smooth upsampled LR; random-weight SR is noise: far less consistent across views
     assert scores["per-frame"]["sr_target_disagreement"] > 2 * scores["bicubic"]["sr_target_disagreement"]
-    table = (tmp_path / "compare.md").read_text()
+    table = (out / "compare.md").read_text()
     assert all(f"| {m} |" in table for m in scores)
-    assert Image.open(tmp_path / "crops.png").size == (4 * 48, 48 + 16)  # GT + three renders
+    assert Image.open(out / "crops.png").size == (4 * 48, 48 + 16)  # GT + three renders
+
+    # the per-scene results merged into issue 6's quality table
+    stem = tmp_path / "results" / "quality-llff"
+    merged = subprocess.run([sys.executable, str(QUALITY_TABLE), "--scenes", str(out), "--out", str(stem)],
+                            capture_output=True, text=True, timeout=300)
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    quality = json.loads(stem.with_suffix(".json").read_text())
+    assert list(quality) == ["fern"] and list(quality["fern"]) == list(scores)
+    for method, mean in scores.items():
+        assert quality["fern"][method] == {"psnr": mean["psnr"], "ssim": mean["ssim"], "lr_psnr": mean["lr_psnr"],
+                                           "consistency": mean["sr_target_disagreement"],
+                                           "render_disagreement": mean["render_disagreement"]}
+    d_psnr = scores["3dsr"]["psnr"] - scores["per-frame"]["psnr"]
+    assert f"- fern: 3dsr - per-frame = {d_psnr:+.3f} dB PSNR" in stem.with_suffix(".md").read_text()
+    assert Image.open(f"{stem}-crops.png").size == Image.open(out / "crops.png").size
+
+
+def test_quality_table_names_a_scene_without_results(tmp_path: Path):
+    result = subprocess.run([sys.executable, str(QUALITY_TABLE), "--scenes", str(tmp_path / "horns"), "--out",
+                             str(tmp_path / "q")], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and f"{tmp_path / 'horns' / 'compare.json'} not found" in result.stderr

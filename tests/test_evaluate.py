@@ -18,8 +18,8 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.scene_box import SceneBox
 
 from threedsr_ns import evaluation
-from threedsr_ns.evaluation import (EvaluationError, check_inputs, evaluate_run, lpips_or_none, lr_fidelity_psnr,
-                                    multiview_consistency, nearest_camera_pairs, psnr, ssim)
+from threedsr_ns.evaluation import (EvaluationError, check_inputs, evaluate_run, load_run, lpips_or_none,
+                                    lr_fidelity_psnr, multiview_consistency, nearest_camera_pairs, psnr, ssim)
 from threedsr_ns.losses import downsample_antialiased
 
 REPO = Path(__file__).resolve().parents[1]
@@ -199,6 +199,15 @@ def test_evaluate_run_scores_every_view_of_a_finished_run(tiny_run: Path, tiny_f
     assert mean["render_disagreement"] < mean["sr_target_disagreement"]  # the tiny random SR model is not consistent
     assert 0 < mean["covisible_fraction"] <= 1
     assert len(result["consistency"]["pairs"]) == 2 * len(split["train"])
+
+
+def test_a_run_loads_without_the_installed_entry_point(tiny_run: Path, tiny_fern: Path, monkeypatch):
+    """Scripts run from a checkout on PYTHONPATH (the GPU machine) have no `3dsr` plugin entry point."""
+    from nerfstudio.utils import eval_utils
+
+    monkeypatch.setattr(eval_utils, "all_methods", {})
+    pipeline, step = load_run(tiny_run, tiny_fern)
+    assert step > 0 and pipeline.model.num_points > 0
 
 
 def test_evaluate_script_writes_json_and_markdown(tiny_run: Path, tiny_fern: Path, tmp_path: Path):

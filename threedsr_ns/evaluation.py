@@ -285,7 +285,13 @@ def check_inputs(config_path: Path, data_dir: Path) -> None:
 def load_run(config_path: Path, data_dir: Path):
     """eval_setup the run, reading the dataset from data_dir and the checkpoints from next to config_path
     (the config stores paths relative to where ns-train ran)."""
-    from nerfstudio.utils.eval_utils import eval_setup
+    from nerfstudio.utils import eval_utils
+
+    from threedsr_ns.config import threedsr_method
+
+    # eval_setup looks the method up among nerfstudio's plugin entry points; a checkout that is only on
+    # PYTHONPATH (as scripts run on the GPU machine) registers none, so name this method directly
+    eval_utils.all_methods.setdefault(threedsr_method.config.method_name, threedsr_method.config)
 
     def relocate(config):
         config.pipeline.datamanager.data = data_dir
@@ -295,7 +301,7 @@ def load_run(config_path: Path, data_dir: Path):
         return config
 
     with torch.serialization.safe_globals(numpy_scalar_globals()):
-        _, pipeline, _, step = eval_setup(config_path, test_mode="test", update_config_callback=relocate)
+        _, pipeline, _, step = eval_utils.eval_setup(config_path, test_mode="test", update_config_callback=relocate)
     return pipeline, step
 
 

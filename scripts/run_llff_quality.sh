@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Issue 6's LLFF quality table on the GPU machine: scripts/compare.py (bicubic / per-frame / 3dsr, one
+# schedule) on every scene given, one after the other (three scenes in parallel on one H100 ran at 20-30 ms
+# per iteration each against 8-13 alone: no gain), then evaluate.py's full table of each 3dsr run. Runs
+# detached, so that device calls of at most 10 minutes can poll it:
+#
+#   bash scripts/run_llff_quality.sh start WORK N0 M "METHODS" SCENE_DIR...   # returns at once; WORK/<scene>.log
+#   bash scripts/run_llff_quality.sh status WORK                    # tail of each log; "all done" at the end
+#   bash scripts/run_llff_quality.sh collect WORK OUT               # one <scene>.tar.gz per scene into OUT
+#
+# Each tarball holds compare.json/.md, crops.png, the 3dsr run's evaluate metrics.json/.md, its contact
+# sheets and the log (not the checkpoints or the per-view SR targets: the device returns 8 files of 16 MB).
+set -euo pipefail
+cmd=$1 work=$2
+shift 2
+case "$cmd" in
+  start)
+    warmup=$1 phase=$2 methods=$3
+    shift 3
+    mkdir -p "$work"
+    job=""
+    for data in "$@"; do
+      scene=$(basename "$data")
+      job+="
+        start=\$(date +%s)
+        python3 scripts/compare.py --data '$data' --out '$work/$scene' --backend compact \
+          --warmup-iters $warmup --phase-iters $phase --methods $methods > '$work/$scene.log' 2>&1
+        run=\$(dirname \$(find '$work/$scene/runs' -path '*/3dsr/config.yml' | head -1))
+        if [ -f \$run/config.yml ]; then
+          python3 scripts/evaluate.py --config \$run/config.yml --data '$data' --out '$work/$scene/evaluate_3dsr' >> '$work/$scene.log' 2>&1
+          cp \$run/contact_sheet_*.png '$work/$scene/'
+        fi
+        echo \"scene $scene done in \$(( \$(date +%s) - start )) s\" >> '$work/$scene.log'
+        touch '$work/$scene.done'"
+    done
+    setsid nohup bash -c "$job" > "$work/job.txt" 2>&1 < /dev/null &
+    echo "started $# scene(s) under $work"
+    ;;
+  status)
+    for log in "$work"/*.log; do
+      echo "== $log"; tail -c 600 "$log" | tr '\r' '\n' | tail -4
+    done
+    pending=$(for log in "$work"/*.log; do [ -e "${log%.log}.done" ] || echo "$log"; done)
+    [ -z "$pending" ] && echo "all done" || true
+    ;;
+  collect)
+    out=$1
+    for done in "$work"/*.done; do
+      scene=$(basename "$done" .done) log=${done%.done}.log
+      cp "$log" "$work/$scene/"
+      tar -czf "$out/$scene.tar.gz" -C "$work" --exclude="$scene/runs" "$scene"
+    done
+    ls -la "$out"
+    ;;
+  *) echo "usage: $0 start|status|collect WORK ..." >&2; exit 2 ;;
+esac
