@@ -5,7 +5,9 @@
   3dsr        the same backend and sampler, each step guided by the 3D-consistent renders
 
 All three share the schedule (N0 LR warm-up + K x M HR iterations), the seed and the 3DGS settings; they
-differ only in where the HR targets come from. Each run is scored by threedsr_ns.evaluation (PSNR/SSIM at
+differ only in where the HR targets come from. The LR warm-up does not depend on the method, so by default it
+is trained once and every method's HR phases start from its checkpoint (the same scene for all three, and
+N0 iterations instead of 3 x N0). Each run is scored by threedsr_ns.evaluation (PSNR/SSIM at
 GT size on the test views, fidelity to the LR input, multi-view consistency).
 
     python scripts/compare.py --data data/fern --out compare --backend sd-x4-upscaler
@@ -19,7 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -44,22 +46,32 @@ class Args:
     denoise_steps: int = 4
     phase_iters: int = 5000
     methods: Tuple[str, ...] = METHODS
+    share_warmup: bool = True
+    """Train the LR warm-up once (runs/.../warm-up) and start every method from its checkpoint."""
     crop: int = 128
     """Side of the square crop (GT pixels) shown in crops.png."""
 
 
-def train(method: str, args: Args) -> Path:
+def train(method: str, args: Args, warmup_checkpoint: Optional[Path] = None) -> Path:
+    """Train one method (or, for method "warm-up", only the LR warm-up) and return its config.yml."""
     config = threedsr_trainer_config()
     pipeline = config.pipeline
     pipeline.datamanager.data = args.data
     pipeline.warmup_iters, pipeline.denoise_steps, pipeline.phase_iters = args.warmup_iters, args.denoise_steps, args.phase_iters
-    pipeline.sr_backend = "bicubic" if method == "bicubic" else args.backend
+    pipeline.sr_backend = args.backend if method in ("per-frame", "3dsr") else "bicubic"  # none runs before N0
     pipeline.guide_with_renders = method == "3dsr"
+    if method == "warm-up":
+        config.stop_at = args.warmup_iters
+    config.load_checkpoint = warmup_checkpoint
     quiet(config, args.out / "runs", method)
     trainer = setup_trainer(config)
     trainer.train()
     release_gpu_memory()
     return Path(trainer.base_dir) / "config.yml"
+
+
+def last_checkpoint(config: Path) -> Path:
+    return sorted((config.parent / "nerfstudio_models").glob("step-*.ckpt"))[-1]
 
 
 def crops_figure(configs: Dict[str, Path], data: Path, size: int) -> Image.Image:
@@ -90,7 +102,8 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
     args.out.mkdir(parents=True, exist_ok=True)
-    configs = {method: train(method, args) for method in args.methods}
+    warmup = last_checkpoint(train("warm-up", args)) if args.share_warmup else None
+    configs = {method: train(method, args, warmup) for method in args.methods}
     results = {method: evaluate_run(config, args.data) for method, config in configs.items()}
     keys = ("psnr", "ssim", "lpips", "lr_psnr", "sr_target_disagreement", "render_disagreement")
     table = ["| method | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
@@ -98,7 +111,7 @@ def main() -> None:
         cells = [("-" if result["mean"][k] is None else f"{result['mean'][k]:.4f}") for k in keys]
         table.append(f"| {method} | " + " | ".join(cells) + " |")
     header = (f"# {args.data.name}: bicubic vs per-frame SR vs 3dsr ({args.backend}; N0={args.warmup_iters}, "
-              f"K={args.denoise_steps}, M={args.phase_iters})\n\nsr_target_disagreement: multi-view disagreement of the "
+              f"K={args.denoise_steps}, M={args.phase_iters}{'; one shared LR warm-up' if args.share_warmup else ''})\n\nsr_target_disagreement: multi-view disagreement of the "
               f"final HR targets (lower = more consistent). {next(iter(results.values()))['lpips_note'] or ''}\n\n")
     (args.out / "compare.md").write_text(header + "\n".join(table) + "\n")
     (args.out / "compare.json").write_text(json.dumps({m: r["mean"] for m, r in results.items()}, indent=2))

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
 from PIL import Image
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare.py"
@@ -31,6 +32,14 @@ def test_compare_trains_and_scores_bicubic_per_frame_and_3dsr(tiny_fern: Path, t
     table = (out / "compare.md").read_text()
     assert all(f"| {m} |" in table for m in scores)
     assert Image.open(out / "crops.png").size == (4 * 48, 48 + 16)  # GT + three renders
+    # one LR warm-up (stopped after N0 = 8 iterations), and every method continued from its checkpoint to N0 + K*M
+    runs = out / "runs" / "fern" / "3dsr"
+    warmup = sorted((runs / "warm-up" / "nerfstudio_models").glob("step-*.ckpt"))
+    assert [c.name for c in warmup] == ["step-000000007.ckpt"]
+    for method in scores:
+        config = yaml.load((runs / method / "config.yml").read_text(), Loader=yaml.Loader)
+        assert config.load_checkpoint == warmup[0] and config.stop_at is None
+        assert sorted((runs / method / "nerfstudio_models").glob("*.ckpt"))[-1].name == "step-000000015.ckpt"
 
     # the per-scene results merged into issue 6's quality table
     stem = tmp_path / "results" / "quality-llff"

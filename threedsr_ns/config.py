@@ -7,7 +7,7 @@ the phase settings (N0 + K*M; paper: 30000 + 4*5000).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Type
+from typing import Optional, Type
 
 import torch
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
@@ -34,7 +34,10 @@ class ThreeDSRTrainer(Trainer):
         super().__init__(config, local_rank, world_size)
 
     def train(self) -> None:
-        self.config.max_num_iterations = max(self.pipeline.schedule.total_iterations - self._start_step, 0)
+        end = self.pipeline.schedule.total_iterations
+        if self.config.stop_at is not None:
+            end = min(end, self.config.stop_at)
+        self.config.max_num_iterations = max(end - self._start_step, 0)
         super().train()
 
 
@@ -42,6 +45,10 @@ class ThreeDSRTrainer(Trainer):
 class ThreeDSRTrainerConfig(TrainerConfig):
     _target: Type = field(default_factory=lambda: ThreeDSRTrainer)
     pipeline: ThreeDSRPipelineConfig = field(default_factory=ThreeDSRPipelineConfig)
+    stop_at: Optional[int] = None
+    """End the run before this iteration (its last checkpoint is iteration stop_at - 1) instead of at N0 + K*M:
+    e.g. --stop-at N0 stops after the LR warm-up, and runs started from that checkpoint with --load-checkpoint
+    all share it."""
 
 
 def _splatfacto_optimizers() -> dict:
