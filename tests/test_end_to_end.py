@@ -1,4 +1,4 @@
-"""`ns-train 3dsr` as a user runs it, on real LLFF fern shrunk to 32x24 LR, with a tiny random SD-x4 model.
+"""`ns-train 3dsr` as a user runs it, on real LLFF fern shrunk to 32x24 LR: a tiny random SD-x4 model, and the offline default.
 
 Warm-up, two denoising steps with an HR phase each, checkpoints between and at the end; then the finished
 run is loaded the way ns-render / ns-eval load it and must render at s x the LR size.
@@ -6,6 +6,7 @@ run is loaded the way ns-render / ns-eval load it and must render at s x the LR 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,18 +19,19 @@ NS_TRAIN = Path(sys.executable).with_name("ns-train")
 WARMUP, STEPS, PHASE = 60, 2, 30
 
 
-def ns_train(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+def ns_train(data: Path, out: Path, *extra: str, backend: str = "tiny-random", warmup: int = WARMUP,
+             steps: int = STEPS, phase: int = PHASE) -> subprocess.CompletedProcess:
     cmd = [
         str(NS_TRAIN), "3dsr", "--data", str(data), "--output-dir", str(out), "--timestamp", "run",
         "--vis", "tensorboard", "--machine.device-type", "cpu",
-        "--pipeline.sr-backend", "tiny-random",
-        "--pipeline.warmup-iters", str(WARMUP), "--pipeline.denoise-steps", str(STEPS),
-        "--pipeline.phase-iters", str(PHASE), "--pipeline.guidance-batch-size", "5",
-        "--steps-per-save", str(WARMUP + PHASE // 2), "--save-only-latest-checkpoint", "False",
+        "--pipeline.sr-backend", backend,
+        "--pipeline.warmup-iters", str(warmup), "--pipeline.denoise-steps", str(steps),
+        "--pipeline.phase-iters", str(phase), "--pipeline.guidance-batch-size", "5",
+        "--steps-per-save", str(warmup + phase // 2), "--save-only-latest-checkpoint", "False",
         "--steps-per-eval-image", "50", "--steps-per-eval-all-images", "100000",
         "--logging.local-writer.enable", "False", *extra,
     ]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(out / "empty_hf_cache"), CUDA_VISIBLE_DEVICES="")
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
 
 
@@ -108,3 +110,26 @@ def test_ns_render_dataset_writes_test_views_at_hr(finished_run: Path, tmp_path:
     frames = sorted((tmp_path / "test" / "rgb").glob("*"))
     assert [f.stem for f in frames] == ["image000", "image008", "image016"]  # fern's test views
     assert all(Image.open(f).size == (128, 96) for f in frames)  # x4 the 32x24 LR
+
+
+def test_offline_default_backend_is_the_shipped_prior_and_adds_detail(tiny_fern: Path, tmp_path: Path):
+    """`ns-train 3dsr` with no --pipeline.sr-backend, offline: `auto` picks the compact prior shipped in the
+    package, says so, and its SR targets carry more detail above the LR Nyquist than the bicubic upsampling."""
+    from threedsr_ns.colorfix import bicubic_upsample
+    from threedsr_ns.evaluation import read_image
+    from threedsr_ns.sr_prior.metrics import band_energy, hf_cutoff
+
+    result = ns_train(tiny_fern, tmp_path, backend="auto", warmup=20, steps=2, phase=2)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    assert "--pipeline.sr-backend auto chose 'compact'" in result.stdout + result.stderr
+    ckpt = sorted((tmp_path / "fern" / "3dsr" / "run" / "nerfstudio_models").glob("step-*.ckpt"))[-1]
+    targets = load_pipeline_state(ckpt)["_extra_state"]["sr_targets"].permute(0, 3, 1, 2).float()
+    train_names = json.loads((tiny_fern / "split.json").read_text())["train"]
+    lr = torch.stack([read_image(tiny_fern / "images" / name) for name in train_names]).permute(0, 3, 1, 2)
+    bicubic = bicubic_upsample(lr, 4).clamp(0, 1)
+
+    def mean_hf_energy(images: torch.Tensor) -> float:
+        return sum(band_energy(image, hf_cutoff(4)) for image in images) / len(images)
+
+    ratio = mean_hf_energy(targets) / mean_hf_energy(bicubic)
+    assert ratio > 1.5, ratio
