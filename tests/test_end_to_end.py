@@ -1,4 +1,4 @@
-"""`ns-train 3dsr` as a user runs it, on real LLFF fern shrunk to 32x24 LR: a tiny random SD-x4 model, and the offline default.
+"""`ns-train 3dsr` as a user runs it on real LLFF fern shrunk to 32x24 LR (tiny random SD-x4; the offline default).
 
 Warm-up, two denoising steps with an HR phase each, checkpoints between and at the end; then the finished
 run is loaded the way ns-render / ns-eval load it and must render at s x the LR size.
