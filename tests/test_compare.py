@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 from PIL import Image
 
@@ -39,7 +40,12 @@ def test_compare_trains_and_scores_bicubic_per_frame_and_3dsr(tiny_fern: Path, t
     for method in scores:
         config = yaml.load((runs / method / "config.yml").read_text(), Loader=yaml.Loader)
         assert config.load_checkpoint == warmup[0] and config.stop_at is None
-        assert sorted((runs / method / "nerfstudio_models").glob("*.ckpt"))[-1].name == "step-000000015.ckpt"
+        final = sorted((runs / method / "nerfstudio_models").glob("*.ckpt"))
+        assert final[-1].name == "step-000000015.ckpt"
+        # the HR iterations after the resume trained the loaded Gaussians (none were densified: same count)
+        before, after = (torch.load(c, map_location="cpu", weights_only=False)["pipeline"] for c in (warmup[0], final[-1]))
+        for key in ("_model.gauss_params.means", "_model.gauss_params.features_dc"):
+            assert before[key].shape == after[key].shape and not torch.equal(before[key], after[key]), key
 
     # the per-scene results merged into issue 6's quality table
     stem = tmp_path / "results" / "quality-llff"

@@ -24,6 +24,7 @@ from threedsr_ns.losses import downsample_antialiased
 
 REPO = Path(__file__).resolve().parents[1]
 NS_TRAIN = Path(sys.executable).with_name("ns-train")
+FERN = REPO.parent / "shared" / "data" / "llff" / "fern"
 WIDTH, HEIGHT, FOCAL = 64, 48, 60.0
 
 
@@ -208,6 +209,18 @@ def test_a_run_loads_without_the_installed_entry_point(tiny_run: Path, tiny_fern
     monkeypatch.setattr(eval_utils, "all_methods", {})
     pipeline, step = load_run(tiny_run, tiny_fern)
     assert step > 0 and pipeline.model.num_points > 0
+
+
+def test_a_scene_with_gt_for_the_test_views_only_is_scored_without_the_gt_reference(tiny_run: Path, tmp_path: Path):
+    from threedsr_ns.llff import prepare_llff
+
+    data = tmp_path / "fern"
+    split = prepare_llff(FERN, data, scale=4, gt_width=128, gt_views="test")
+    assert sorted(p.name for p in (data / "gt").iterdir()) == sorted(split["test"])
+    assert len(list((data / "images").iterdir())) == len(split["train"]) + len(split["test"])
+    result = evaluate_run(tiny_run, data)
+    assert result["mean"]["gt_disagreement"] is None and 5 < result["mean"]["psnr"] < 60
+    assert result["mean"]["sr_target_disagreement"] is not None
 
 
 def test_evaluate_script_writes_json_and_markdown(tiny_run: Path, tiny_fern: Path, tmp_path: Path):

@@ -33,6 +33,27 @@ class ThreeDSRTrainer(Trainer):
         config.max_num_iterations = config.pipeline.schedule.total_iterations
         super().__init__(config, local_rank, world_size)
 
+    def _load_checkpoint(self) -> None:
+        super()._load_checkpoint()
+        self._point_optimizers_at_loaded_parameters()
+
+    def _point_optimizers_at_loaded_parameters(self) -> None:
+        """Splatfacto's load_state_dict replaces every Gaussian parameter by a new tensor of the checkpoint's
+        size, but nerfstudio built the optimizers on the old ones first: a resumed run would step orphans (and
+        train nothing) until the next densification re-linked them. Move each optimizer, with its loaded Adam
+        moments, onto the model's current parameters."""
+        current = self.pipeline.get_param_groups()
+        for name, optimizer in self.optimizers.optimizers.items():
+            params = current[name]
+            for group in optimizer.param_groups:
+                if len(group["params"]) != len(params):
+                    raise RuntimeError(f"optimizer '{name}' holds {len(group['params'])} tensors, the model {len(params)}")
+                for old, new in zip(group["params"], params):
+                    if old is not new and old in optimizer.state:
+                        optimizer.state[new] = optimizer.state.pop(old)
+                group["params"] = list(params)
+            self.optimizers.parameters[name] = params
+
     def train(self) -> None:
         end = self.pipeline.schedule.total_iterations
         if self.config.stop_at is not None:

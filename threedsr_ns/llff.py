@@ -53,12 +53,18 @@ def _write_ply(path: Path, xyz: np.ndarray, rgb: np.ndarray) -> None:
         f.write(vertex.tobytes())
 
 
-def prepare_llff(scene: Path, out: Path, scale: int = 4, gt_width: Optional[int] = None, test_every: int = 8) -> dict:
+def prepare_llff(scene: Path, out: Path, scale: int = 4, gt_width: Optional[int] = None, test_every: int = 8,
+                 gt_views: str = "all") -> dict:
     """Write the dataset described in the module docstring; returns a summary dict.
+
+    gt_views: "all", or "test" to write GT only for the test views (all that PSNR/SSIM need: a third of the
+    size to carry; evaluate then has no GT consistency reference and transforms_gt.json lists absent files).
 
     gt_width: resize the (cropped) GT to this width first, to make a small test scene; the height follows
     the aspect ratio, rounded to a multiple of `scale`.
     """
+    if gt_views not in ("all", "test"):
+        raise ValueError(f"gt_views must be 'all' or 'test', not {gt_views!r}")
     scene, out = Path(scene), Path(out)
     poses_file = scene / "poses_bounds.npy"
     image_dir = scene / "images_8"
@@ -96,7 +102,8 @@ def prepare_llff(scene: Path, out: Path, scale: int = 4, gt_width: Optional[int]
             gt = gt.resize((gt_w, gt_h), Image.Resampling.BICUBIC)
         lr = gt.resize((lr_w, lr_h), Image.Resampling.BICUBIC)  # PIL's reducing resize is antialiased
         stem = Path(name).stem + ".png"
-        gt.save(out / "gt" / stem)
+        if gt_views == "all" or i % test_every == 0:
+            gt.save(out / "gt" / stem)
         lr.save(out / "images" / stem)
         frames.append({"file_path": f"images/{stem}", "transform_matrix": c2w[i].tolist()})
         (test if i % test_every == 0 else train).append(stem)
