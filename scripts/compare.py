@@ -110,9 +110,10 @@ def main() -> None:
     for method, result in results.items():
         cells = [("-" if result["mean"][k] is None else f"{result['mean'][k]:.4f}") for k in keys]
         table.append(f"| {method} | " + " | ".join(cells) + " |")
+    shared = "; one shared LR warm-up" if args.share_warmup else ""
     header = (f"# {args.data.name}: bicubic vs per-frame SR vs 3dsr ({args.backend}; N0={args.warmup_iters}, "
-              f"K={args.denoise_steps}, M={args.phase_iters}{'; one shared LR warm-up' if args.share_warmup else ''})\n\nsr_target_disagreement: multi-view disagreement of the "
-              f"final HR targets (lower = more consistent). {next(iter(results.values()))['lpips_note'] or ''}\n\n")
+              f"K={args.denoise_steps}, M={args.phase_iters}{shared})\n\nsr_target_disagreement: multi-view disagreement "
+              f"of the final HR targets (lower = more consistent). {next(iter(results.values()))['lpips_note'] or ''}\n\n")
     (args.out / "compare.md").write_text(header + "\n".join(table) + "\n")
     (args.out / "compare.json").write_text(json.dumps({m: r["mean"] for m, r in results.items()}, indent=2))
     crops_figure(configs, args.data, args.crop).save(args.out / "crops.png")
