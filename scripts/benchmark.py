@@ -29,6 +29,7 @@ import tyro
 
 from threedsr_ns.config import threedsr_trainer_config
 from threedsr_ns.dataparser import ThreeDSRDataParserConfig
+from threedsr_ns.pipeline import ThreeDSRPipelineConfig
 from threedsr_ns.runs import quiet, release_gpu_memory, setup_trainer
 from threedsr_ns.timing import IterationRecorder
 
@@ -162,9 +163,12 @@ class Run:
     """Prepared scene (scripts/prepare_llff.py output)."""
     out: Path
     kind: Kind = "3dsr"
-    warmup_iters: int = 30000
-    denoise_steps: int = 4
-    phase_iters: int = 5000
+    warmup_iters: int = ThreeDSRPipelineConfig.warmup_iters
+    """N0; the defaults of N0, K and M are `ns-train 3dsr`'s own (the paper's schedule)."""
+    denoise_steps: int = ThreeDSRPipelineConfig.denoise_steps
+    """K"""
+    phase_iters: int = ThreeDSRPipelineConfig.phase_iters
+    """M"""
     splatfacto_iters: int = 20000
     profile: bool = False
     """Run under cProfile and write <out>/<kind>.profile.txt (slows the run: not for the timing figures)."""

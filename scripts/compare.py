@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw
 
 from threedsr_ns.config import threedsr_trainer_config
 from threedsr_ns.evaluation import evaluate_run, load_run, read_image
+from threedsr_ns.pipeline import ThreeDSRPipelineConfig
 from threedsr_ns.runs import quiet, release_gpu_memory, setup_trainer
 
 METHODS = ("bicubic", "per-frame", "3dsr")
@@ -42,9 +43,12 @@ class Args:
     out: Path
     backend: str = "sd-x4-upscaler"
     """The SR backend of the per-frame and 3dsr runs (see --pipeline.sr-backend)."""
-    warmup_iters: int = 30000
-    denoise_steps: int = 4
-    phase_iters: int = 5000
+    warmup_iters: int = ThreeDSRPipelineConfig.warmup_iters
+    """N0; the defaults of N0, K and M are `ns-train 3dsr`'s own (the paper's schedule)."""
+    denoise_steps: int = ThreeDSRPipelineConfig.denoise_steps
+    """K"""
+    phase_iters: int = ThreeDSRPipelineConfig.phase_iters
+    """M"""
     methods: Tuple[str, ...] = METHODS
     share_warmup: bool = True
     """Train the LR warm-up once (runs/.../warm-up) and start every method from its checkpoint."""

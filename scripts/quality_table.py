@@ -39,8 +39,8 @@ def merge(scenes: Tuple[Path, ...]) -> dict:
         path = folder / "compare.json"
         if not path.is_file():
             raise SystemExit(f"{path} not found: run scripts/compare.py --out {folder} first")
-        means = json.loads(path.read_text())
-        table[folder.name] = {method: {key: means[src] for key, src in KEYS.items()} for method, means in means.items()}
+        by_method = json.loads(path.read_text())
+        table[folder.name] = {method: {key: means[src] for key, src in KEYS.items()} for method, means in by_method.items()}
     return table
 
 
