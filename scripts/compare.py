@@ -100,15 +100,8 @@ def crops_figure(configs: Dict[str, Path], data: Path, size: int) -> Image.Image
     return figure
 
 
-def main() -> None:
-    args = tyro.cli(Args)
-    unknown = set(args.methods) - set(METHODS)
-    if unknown:
-        raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    warmup = last_checkpoint(train("warm-up", args)) if args.share_warmup else None
-    configs = {method: train(method, args, warmup) for method in args.methods}
-    results = {method: evaluate_run(config, args.data) for method, config in configs.items()}
+def write_table(args: Args, results: Dict[str, dict]) -> str:
+    """compare.md and compare.json for the methods scored so far; returns the Markdown."""
     keys = ("psnr", "ssim", "lpips", "lr_psnr", "sr_target_disagreement", "render_disagreement")
     table = ["| method | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for method, result in results.items():
@@ -118,10 +111,27 @@ def main() -> None:
     header = (f"# {args.data.name}: bicubic vs per-frame SR vs 3dsr ({args.backend}; N0={args.warmup_iters}, "
               f"K={args.denoise_steps}, M={args.phase_iters}{shared})\n\nsr_target_disagreement: multi-view disagreement "
               f"of the final HR targets (lower = more consistent). {next(iter(results.values()))['lpips_note'] or ''}\n\n")
-    (args.out / "compare.md").write_text(header + "\n".join(table) + "\n")
+    markdown = header + "\n".join(table) + "\n"
+    (args.out / "compare.md").write_text(markdown)
     (args.out / "compare.json").write_text(json.dumps({m: r["mean"] for m, r in results.items()}, indent=2))
+    return markdown
+
+
+def main() -> None:
+    args = tyro.cli(Args)
+    unknown = set(args.methods) - set(METHODS)
+    if unknown:
+        raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    warmup = last_checkpoint(train("warm-up", args)) if args.share_warmup else None
+    configs: Dict[str, Path] = {}
+    results: Dict[str, dict] = {}
+    for method in args.methods:
+        configs[method] = train(method, args, warmup)
+        results[method] = evaluate_run(configs[method], args.data)
+        markdown = write_table(args, results)  # after each method: a run cut short keeps the finished scores
     crops_figure(configs, args.data, args.crop).save(args.out / "crops.png")
-    print(header + "\n".join(table))
+    print(markdown)
 
 
 if __name__ == "__main__":

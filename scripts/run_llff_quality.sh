@@ -7,7 +7,7 @@
 #
 #   bash scripts/run_llff_quality.sh start WORK N0 M "METHODS" SCENE_DIR...   # returns at once; WORK/<scene>.log
 #   bash scripts/run_llff_quality.sh status WORK                    # tail of each log; "N of M scene(s) done"
-#   bash scripts/run_llff_quality.sh collect WORK OUT               # one <scene>.tar.gz per scene into OUT
+#   bash scripts/run_llff_quality.sh collect WORK OUT               # one <scene>.tar.gz per started scene into OUT
 #
 # Each tarball holds compare.json/.md, crops.png, the 3dsr run's evaluate metrics.json/.md, its contact
 # sheets and the log (not the checkpoints or the per-view SR targets: the device returns 8 files of 16 MB).
@@ -46,8 +46,11 @@ case "$cmd" in
     ;;
   collect)
     out=$1
-    for done in "$work"/*.done; do
-      scene=$(basename "$done" .done) log=${done%.done}.log
+    for log in "$work"/*.log; do
+      scene=$(basename "$log" .log)
+      [ -d "$work/$scene" ] || continue
+      # unfinished scenes too: compare.py rewrites its table after each method, so a cut-short job keeps them
+      [ -f "$work/$scene.done" ] || echo "$scene: not finished; its compare.json holds the methods scored so far"
       cp "$log" "$work/$scene/"
       tar -czf "$out/$scene.tar.gz" -C "$work" --exclude="$scene/runs" "$scene"
     done

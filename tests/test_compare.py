@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from PIL import Image
@@ -67,3 +69,29 @@ def test_quality_table_names_a_scene_without_results(tmp_path: Path):
     result = subprocess.run([sys.executable, str(QUALITY_TABLE), "--scenes", str(tmp_path / "horns"), "--out",
                              str(tmp_path / "q")], capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and f"{tmp_path / 'horns' / 'compare.json'} not found" in result.stderr
+
+
+def test_a_compare_run_cut_short_keeps_the_methods_already_scored(tiny_fern: Path, tmp_path: Path, monkeypatch):
+    # a GPU machine can be taken back mid-run: the table must hold every method finished before that
+    spec = importlib.util.spec_from_file_location("compare_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "compare_script", module)  # dataclasses resolve annotations through it
+    spec.loader.exec_module(module)
+    train = module.train
+
+    def train_until_3dsr(method, args, warmup_checkpoint=None):
+        if method == "3dsr":
+            raise RuntimeError("machine taken back")
+        return train(method, args, warmup_checkpoint)
+
+    monkeypatch.setattr(module, "train", train_until_3dsr)
+    out = tmp_path / "fern"
+    monkeypatch.setattr(sys, "argv", ["compare.py", "--data", str(tiny_fern), "--out", str(out), "--backend", "bicubic",
+                                      "--warmup-iters", "8", "--denoise-steps", "1", "--phase-iters", "4"])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(RuntimeError, match="machine taken back"):
+        module.main()
+    scores = json.loads((out / "compare.json").read_text())
+    assert list(scores) == ["bicubic", "per-frame"] and all(5 < s["psnr"] < 50 for s in scores.values())
+    table = (out / "compare.md").read_text()
+    assert "| per-frame |" in table and "| 3dsr |" not in table
