@@ -120,8 +120,9 @@ def write_table(args: Args, results: Dict[str, dict]) -> str:
 def main() -> None:
     args = tyro.cli(Args)
     unknown = set(args.methods) - set(METHODS)
-    if unknown:
-        raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    if unknown or not args.methods:
+        what = f"unknown methods {sorted(unknown)}" if unknown else "no methods given"
+        raise SystemExit(f"{what}; choose one or more of {', '.join(METHODS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     warmup = last_checkpoint(train("warm-up", args)) if args.share_warmup else None
     configs: Dict[str, Path] = {}
