@@ -12,8 +12,8 @@ GT size on the test views, fidelity to the LR input, multi-view consistency).
 
     python scripts/compare.py --data data/fern --out compare --backend sd-x4-upscaler
 
-Writes <out>/compare.json, <out>/compare.md and <out>/crops.png (a crop of the first test view: GT and
-each method's render).
+Writes <out>/compare.json, <out>/compare.md, <out>/crops.png (a crop of the first test view: GT and
+each method's render) and <out>/evaluate_<method>/metrics.json/.md (scripts/evaluate.py's full report of each run).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw
 
 from threedsr_ns.config import threedsr_trainer_config
 from threedsr_ns.evaluation import evaluate_run, load_run, read_image
+from threedsr_ns.evaluation_report import write_report
 from threedsr_ns.pipeline import ThreeDSRPipelineConfig
 from threedsr_ns.runs import quiet, release_gpu_memory, setup_trainer
 
@@ -130,6 +131,7 @@ def main() -> None:
     for method in args.methods:
         configs[method] = train(method, args, warmup)
         results[method] = evaluate_run(configs[method], args.data)
+        write_report(results[method], args.out / f"evaluate_{method}")  # per view, as scripts/evaluate.py writes it
         markdown = write_table(args, results)  # after each method: a run cut short keeps the finished scores
     crops_figure(configs, args.data, args.crop).save(args.out / "crops.png")
     print(markdown)

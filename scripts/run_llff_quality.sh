@@ -1,16 +1,15 @@
 #!/usr/bin/env bash
 # Issue 6's LLFF quality table on the GPU machine: scripts/compare.py (bicubic / per-frame / 3dsr, one
 # schedule) on every scene given, one after the other (three scenes in parallel on one H100 made 22
-# iterations/s each, 66 together, against 53-67 for one alone: no gain), then evaluate.py's full table of
-# each 3dsr run. Runs
-# detached, so that device calls of at most 10 minutes can poll it:
+# iterations/s each, 66 together, against 53-67 for one alone: no gain). Runs detached, so that device
+# calls of at most 10 minutes can poll it:
 #
 #   bash scripts/run_llff_quality.sh start WORK N0 M "METHODS" SCENE_DIR...   # returns at once; WORK/<scene>.log
 #   bash scripts/run_llff_quality.sh status WORK                    # tail of each log; "N of M scene(s) done"
 #   bash scripts/run_llff_quality.sh collect WORK OUT               # one <scene>.tar.gz per started scene into OUT
 #
-# Each tarball holds compare.json/.md, crops.png, the 3dsr run's evaluate metrics.json/.md, its contact
-# sheets and the log (not the checkpoints or the per-view SR targets: the device returns 8 files of 16 MB).
+# Each tarball holds compare.json/.md, crops.png, each method's evaluate_<method>/metrics.json/.md, the 3dsr
+# run's contact sheets and the log (not the checkpoints or the per-view SR targets: the device returns 8 files of 16 MB).
 set -euo pipefail
 cmd=$1 work=$2
 shift 2
@@ -28,10 +27,7 @@ case "$cmd" in
         python3 scripts/compare.py --data '$data' --out '$work/$scene' --backend compact \
           --warmup-iters $warmup --phase-iters $phase --methods $methods > '$work/$scene.log' 2>&1
         run=\$(dirname \$(find '$work/$scene/runs' -path '*/3dsr/config.yml' | head -1))
-        if [ -f \$run/config.yml ]; then
-          python3 scripts/evaluate.py --config \$run/config.yml --data '$data' --out '$work/$scene/evaluate_3dsr' >> '$work/$scene.log' 2>&1
-          cp \$run/contact_sheet_*.png '$work/$scene/'
-        fi
+        [ -f \$run/config.yml ] && cp \$run/contact_sheet_*.png '$work/$scene/'
         echo \"scene $scene done in \$(( \$(date +%s) - start )) s\" >> '$work/$scene.log'
         touch '$work/$scene.done'"
     done

@@ -30,6 +30,12 @@ def test_compare_trains_and_scores_bicubic_per_frame_and_3dsr(tiny_fern: Path, t
     for mean in scores.values():
         assert 5 < mean["psnr"] < 50 and 0 <= mean["ssim"] <= 1 and mean["lpips"] is None  # no weights offline
         assert mean["sr_target_disagreement"] >= 0
+    for method, mean in scores.items():  # each run's full report, from the same evaluation (not a second one)
+        report = json.loads((out / f"evaluate_{method}" / "metrics.json").read_text())
+        assert {k: report["mean"][k] for k in ("psnr", "ssim", "lr_psnr", "sr_target_disagreement")} == \
+            {k: mean[k] for k in ("psnr", "ssim", "lr_psnr", "sr_target_disagreement")}
+        assert len(report["test_views"]) >= 1 and f"| {report['test_views'][0]['name']} |" in \
+            (out / f"evaluate_{method}" / "metrics.md").read_text()
     # bicubic targets are the smooth upsampled LR; random-weight SR is noise: far less consistent across views
     assert scores["per-frame"]["sr_target_disagreement"] > 2 * scores["bicubic"]["sr_target_disagreement"]
     table = (out / "compare.md").read_text()

@@ -35,7 +35,6 @@ from PIL import Image
 from pytorch_msssim import ssim as _ms_ssim
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
-from threedsr_ns.checkpoints import allow_numpy_scalars_in_checkpoints
 from threedsr_ns.losses import downsample_antialiased
 from threedsr_ns.model import alexnet_weights_path
 
@@ -300,9 +299,9 @@ def load_run(config_path: Path, data_dir: Path):
         config.relative_model_dir = config_path.resolve().parent / "nerfstudio_models"
         return config
 
-    # process-wide, not torch's safe_globals context: leaving that context removes the numpy scalars for the
-    # whole process, and a later --load-dir resume in the same process (scripts/compare.py) could not load
-    allow_numpy_scalars_in_checkpoints()
+    # the checkpoint's numpy scalars load because importing threedsr_ns.config (above) allowed them process-wide;
+    # not torch's safe_globals context here: leaving it removes them for the whole process, and a later
+    # --load-dir resume in the same process (scripts/compare.py) could not load
     _, pipeline, _, step = eval_utils.eval_setup(config_path, test_mode="test", update_config_callback=relocate)
     return pipeline, step
 
