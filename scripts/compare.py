@@ -19,9 +19,12 @@ each method's render) and <out>/evaluate_<method>/metrics.json/.md (scripts/eval
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -55,6 +58,11 @@ class Args:
     """Train the LR warm-up once (runs/.../warm-up) and start every method from its checkpoint."""
     crop: int = 128
     """Side of the square crop (GT pixels) shown in crops.png."""
+    jobs: int = 1
+    """Train and score this many methods at once, each in its own process, after the shared warm-up. A nerfstudio
+    training process keeps an H100 only ~10% busy (its iterations are bound by Python and kernel launches), so
+    methods run side by side nearly for free; start CUDA MPS first (`nvidia-cuda-mps-control -d`) for the full
+    gain. Each process gets cpu_count / jobs CPU threads unless OMP_NUM_THREADS is set."""
 
 
 def train(method: str, args: Args, warmup_checkpoint: Optional[Path] = None) -> Path:
@@ -73,6 +81,35 @@ def train(method: str, args: Args, warmup_checkpoint: Optional[Path] = None) -> 
     trainer.train()
     release_gpu_memory()
     return Path(trainer.base_dir) / "config.yml"
+
+
+def train_and_score(method: str, args: Args, warmup_checkpoint: Optional[Path]) -> Tuple[Path, dict]:
+    config = train(method, args, warmup_checkpoint)
+    result = evaluate_run(config, args.data)
+    write_report(result, args.out / f"evaluate_{method}")  # per view, as scripts/evaluate.py writes it
+    return config, result
+
+
+def _in_worker(threads: int, method: str, args: Args, warmup_checkpoint: Optional[Path]) -> Tuple[Path, dict]:
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(threads)  # jobs processes with every core each thrash the CPU
+    return train_and_score(method, args, warmup_checkpoint)
+
+
+def train_and_score_in_parallel(args: Args, warmup_checkpoint: Optional[Path]) -> Iterator[Tuple[str, Path, dict]]:
+    """Each method in a process of its own (spawned: CUDA cannot be forked), yielded as it finishes. A method that
+    fails is reported at the end, after the others have been scored."""
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    failed = []
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_in_worker, threads, m, args, warmup_checkpoint): m for m in args.methods}
+        for future in as_completed(futures):
+            try:
+                yield (futures[future], *future.result())
+            except Exception as error:  # noqa: BLE001 - the other methods' scores are still worth writing
+                failed.append(f"{futures[future]}: {error!r}")
+    if failed:
+        raise SystemExit("methods that failed (the others are in compare.json):\n" + "\n".join(failed))
 
 
 def last_checkpoint(config: Path) -> Path:
@@ -128,11 +165,14 @@ def main() -> None:
     warmup = last_checkpoint(train("warm-up", args)) if args.share_warmup else None
     configs: Dict[str, Path] = {}
     results: Dict[str, dict] = {}
-    for method in args.methods:
-        configs[method] = train(method, args, warmup)
-        results[method] = evaluate_run(configs[method], args.data)
-        write_report(results[method], args.out / f"evaluate_{method}")  # per view, as scripts/evaluate.py writes it
-        markdown = write_table(args, results)  # after each method: a run cut short keeps the finished scores
+    if args.jobs > 1:
+        finished = train_and_score_in_parallel(args, warmup)
+    else:
+        finished = ((m, *train_and_score(m, args, warmup)) for m in args.methods)
+    for method, configs[method], results[method] in finished:
+        in_order = {m: results[m] for m in args.methods if m in results}
+        markdown = write_table(args, in_order)  # after each method: a run cut short keeps the finished scores
+    configs = {m: configs[m] for m in args.methods}
     crops_figure(configs, args.data, args.crop).save(args.out / "crops.png")
     print(markdown)
 
