@@ -107,7 +107,7 @@ def train_and_score_in_parallel(args: Args, warmup_checkpoint: Optional[Path]) -
             try:
                 yield (futures[future], *future.result())
             except Exception as error:  # noqa: BLE001 - the other methods' scores are still worth writing
-                failed.append(f"{futures[future]}: {error!r}")
+                failed.append(f"{futures[future]}: {type(error).__name__}: {error}")
     if failed:
         raise SystemExit("methods that failed (the others are in compare.json):\n" + "\n".join(failed))
 

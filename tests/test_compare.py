@@ -101,3 +101,22 @@ def test_a_compare_run_cut_short_keeps_the_methods_already_scored(tiny_fern: Pat
     assert list(scores) == ["bicubic", "per-frame"] and all(5 < s["psnr"] < 50 for s in scores.values())
     table = (out / "compare.md").read_text()
     assert "| per-frame |" in table and "| 3dsr |" not in table
+
+
+def test_methods_side_by_side_one_failing_keeps_the_others_scores(tiny_fern: Path, tmp_path: Path):
+    # --jobs: a method whose process fails (here: the SD x4 model is not on disk and the hub is off) is named
+    # with its error once the others have been scored, and the table holds those others
+    out = tmp_path / "fern"
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "empty-hf-cache"))
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--data", str(tiny_fern), "--out", str(out), "--backend", "sd-x4-upscaler",
+         "--warmup-iters", "8", "--denoise-steps", "1", "--phase-iters", "4", "--methods", "per-frame", "bicubic",
+         "--jobs", "2"],
+        capture_output=True, text=True, env=env, timeout=1200)
+    assert result.returncode != 0
+    failed = result.stderr[result.stderr.index("methods that failed"):]
+    assert "per-frame: RuntimeError: Could not load the SR model" in failed and "hf download" in failed
+    assert "bicubic:" not in failed
+    scores = json.loads((out / "compare.json").read_text())
+    assert list(scores) == ["bicubic"] and 5 < scores["bicubic"]["psnr"] < 50
+    assert (out / "evaluate_bicubic" / "metrics.json").exists() and not (out / "evaluate_per-frame").exists()
