@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import tyro
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 from PIL import Image
 
 from threedsr_ns.config import threedsr_trainer_config
@@ -54,6 +55,7 @@ class ViewerLikeRenderer(threading.Thread):
         self.trainer, self.width = trainer, width
         self.active, self.stop = threading.Event(), threading.Event()
         self.latencies_ms: list[float] = []
+        self.frame_size = (0, 0)
 
     def run(self) -> None:
         model = self.trainer.pipeline.model
@@ -103,8 +105,6 @@ def main() -> None:
                 renderer.active.clear()
                 frames[k] = (frames[k][0], len(renderer.latencies_ms))
 
-    from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
-
     trainer.callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], switch))
     renderer.start()
     trainer.train()
@@ -113,14 +113,13 @@ def main() -> None:
 
     result = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
               "data": str(args.data), "backend": args.backend, "schedule": [n0, args.denoise_steps, m],
-              "frame_size": list(getattr(renderer, "frame_size", (0, 0))), "phases": []}
+              "frame_size": list(renderer.frame_size), "phases": []}
     for k, (start, stop) in enumerate(phases):
         row = {"phase": k + 1, "viewer": k in with_viewer, **recorder.ms_per_iteration(start, stop)}
         if k in frames:
             lat = renderer.latencies_ms[frames[k][0]:frames[k][1]]
-            span = sum(lat) / 1e3
             row.update(frames=len(lat), frame_median_ms=statistics.median(lat), frame_p95_ms=float(np.percentile(lat, 95)),
-                       frames_per_s=len(lat) / row["wall_s"] if row.get("wall_s") else None, render_busy_s=span)
+                       frames_per_s=len(lat) / row["wall_s"] if row.get("wall_s") else None)
         result["phases"].append(row)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
