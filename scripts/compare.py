@@ -139,7 +139,8 @@ def crops_figure(configs: Dict[str, Path], data: Path, size: int) -> Image.Image
 
 
 def write_table(args: Args, results: Dict[str, dict]) -> str:
-    """compare.md and compare.json for the methods scored so far; returns the Markdown."""
+    """compare.md and compare.json for the methods scored so far, in --methods order; returns the Markdown."""
+    results = {m: results[m] for m in args.methods if m in results}
     keys = ("psnr", "ssim", "lpips", "lr_psnr", "sr_target_disagreement", "render_disagreement")
     table = ["| method | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for method, result in results.items():
@@ -169,11 +170,10 @@ def main() -> None:
         finished = train_and_score_in_parallel(args, warmup)
     else:
         finished = ((m, *train_and_score(m, args, warmup)) for m in args.methods)
-    for method, configs[method], results[method] in finished:
-        in_order = {m: results[m] for m in args.methods if m in results}
-        markdown = write_table(args, in_order)  # after each method: a run cut short keeps the finished scores
-    configs = {m: configs[m] for m in args.methods}
-    crops_figure(configs, args.data, args.crop).save(args.out / "crops.png")
+    for method, config, result in finished:
+        configs[method], results[method] = config, result
+        markdown = write_table(args, results)  # after each method: a run cut short keeps the finished scores
+    crops_figure({m: configs[m] for m in args.methods}, args.data, args.crop).save(args.out / "crops.png")
     print(markdown)
 
 
