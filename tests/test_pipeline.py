@@ -20,37 +20,57 @@ def make_pipeline(data: Path, **overrides):
     return config.setup(device="cpu", test_mode="val")
 
 
-@pytest.mark.parametrize("guide_with_renders", [True, False])
-def test_each_step_moves_toward_the_render_or_toward_its_own_prediction(tiny_fern: Path, monkeypatch, guide_with_renders):
-    pipeline = make_pipeline(tiny_fern, guide_with_renders=guide_with_renders)
-    seen = {}
+@pytest.mark.parametrize("mode", ["3dsr", "per-frame-interleaved", "per-frame"])
+def test_each_step_moves_toward_the_render_or_toward_its_own_sr_target(tiny_fern: Path, monkeypatch, mode):
+    pipeline = make_pipeline(tiny_fern, mode=mode)
+    seen = []
     real_posterior = guidance.posterior_step
 
     def spy_posterior(x_t, x0, *args, **kwargs):
-        seen["x0_target"] = x0.clone()
+        seen.append(x0.clone())
         return real_posterior(x_t, x0, *args, **kwargs)
 
     monkeypatch.setattr(guidance, "posterior_step", spy_posterior)
     renders = []
     real_render = pipeline.render_train_views
     monkeypatch.setattr(pipeline, "render_train_views", lambda *a: renders.append(1) or real_render(*a))
+    swaps = []
+    real_swap = pipeline.datamanager.swap
+    monkeypatch.setattr(pipeline.datamanager, "swap", lambda t: swaps.append(t.clone()) or real_swap(t))
 
     pipeline.run_guidance_step(1, step=10)
     assert pipeline.datamanager.upscale_factor == 4 and pipeline.steps_done == 1
     first = pipeline.datamanager.sr_targets.clone()
     assert first.shape == (17, 96, 128, 3) and not renders  # step 1 starts from the noised LR, no render
-    x0_step1 = pipeline.x0.clone()
+    if mode == "per-frame":  # all K = 3 sampler steps at once, each toward the previous colour-fixed SR images
+        assert len(seen) == 2 and len(swaps) == 1
+    else:
+        assert not seen
 
     pipeline.run_guidance_step(2, step=15)
-    if guide_with_renders:
+    assert pipeline.model.strategy.phase_start == 15  # every mode starts its HR phase at the same boundary
+    if mode == "per-frame":  # no sampling after the first boundary: 3DGS trains on the final images
+        assert len(seen) == 2 and len(swaps) == 1 and torch.equal(pipeline.datamanager.sr_targets, first)
+        return
+    if mode == "3dsr":
         assert len(renders) == 1
-        rendered = real_render()
-        expected = pipeline.backend.encode(rendered)
-        assert torch.allclose(seen["x0_target"], expected, atol=1e-5)  # 3D consistency enters here
+        expected = pipeline.backend.encode(real_render())  # 3D consistency enters here
     else:
-        assert not renders and torch.equal(seen["x0_target"], x0_step1)
+        assert not renders
+        expected = pipeline.backend.encode(first.permute(0, 3, 1, 2))  # the view's own colour-fixed SR target
+    assert torch.allclose(seen[-1], expected, atol=1e-5)
     assert (pipeline.datamanager.sr_targets - first).abs().mean() > 1e-3
-    assert pipeline.model.strategy.phase_start == 15
+
+
+def test_per_frame_sampling_equals_the_interleaved_chain_without_3dgs(tiny_fern: Path):
+    """per-frame (the paper's baseline) samples each view through the same K steps, seeds and targets as the
+    interleaved ablation would if no 3DGS training happened in between: the final SR images agree."""
+    full = make_pipeline(tiny_fern, mode="per-frame")
+    chain = make_pipeline(tiny_fern, mode="per-frame-interleaved")
+    full.run_guidance_step(1, step=10)
+    for k in (1, 2, 3):
+        chain.run_guidance_step(k, step=10 + 5 * (k - 1))
+    assert torch.allclose(full.datamanager.sr_targets, chain.datamanager.sr_targets, atol=1e-5)
 
 
 def test_guidance_callback_catches_up_after_a_resume(tiny_fern: Path):

@@ -6,6 +6,8 @@ At each phase boundary (threedsr_ns.phases) the callback runs one guidance step 
     k > 1:  R = render(train views); x_{tk} = posterior(x_{t(k-1)}, x~0 = E(R))   <- 3D consistency enters
             x0 = denoiser(x_{tk}, tk | L);  H = colour_fix(D(x0), bicubic(L));  datamanager.swap(H)
 
+`mode` swaps the renders for each view's own previous H (the per-frame baselines; see its docstring).
+
 then the model starts an HR phase (fresh densification, restarted learning-rate schedules). The loop's
 state (steps done, latents, SR targets) is part of the pipeline's state_dict, so checkpoints resume it.
 """
@@ -50,11 +52,12 @@ class ThreeDSRPipelineConfig(VanillaPipelineConfig):
     """K: diffusion denoising steps; each is followed by an HR 3DGS phase."""
     phase_iters: int = 5000
     """M: 3DGS iterations at HR after each denoising step."""
-    sr_backend: Literal["auto", "compact", "sd-x4-upscaler", "bicubic", "sd-x4-upscaler-random", "tiny-random"] = "auto"
+    sr_backend: Literal["auto", "compact", "sd-x4-upscaler", "bicubic", "realesrgan", "sd-x4-upscaler-random",
+                        "tiny-random"] = "auto"
     """The SR model. auto: the SD x4 upscaler when it is on disk or the hub answers, else the compact prior shipped
     with the package (one log line says which and why); compact; sd-x4-upscaler; bicubic (no diffusion, the same
-    3DGS work); the SD x4 architecture with random weights (cost measurements only, never quality); tiny-random
-    (tests)."""
+    3DGS work); realesrgan (Real-ESRGAN x4plus per frame, deterministic: a baseline); the SD x4 architecture with
+    random weights (cost measurements only, never quality); tiny-random (tests)."""
     sr_model_path: Optional[str] = None
     """A local folder (diffusers layout) or hub id for the SR model; default: the backend's own model id."""
     sr_prompt: str = ""
@@ -71,9 +74,13 @@ class ThreeDSRPipelineConfig(VanillaPipelineConfig):
     """t1, the first denoising timestep; default the last training timestep. t1 > t2 > ... are evenly spaced."""
     posterior: Literal["ddpm", "ddim"] = "ddpm"
     """How x_{t_k} is drawn from x_{t_(k-1)} and the rendered clean latent: the DDPM posterior or DDIM (eta 0)."""
-    guide_with_renders: bool = True
-    """3DSR. False gives the per-frame SR baseline on the same schedule: each denoising step moves toward the
-    model's own previous prediction instead of the 3D-consistent render (ordinary sampling, view by view)."""
+    mode: Literal["3dsr", "per-frame", "per-frame-interleaved"] = "3dsr"
+    """3dsr: each denoising step moves toward the encoded 3D-consistent renders. per-frame: the paper's per-frame SR
+    baseline: at the first boundary every view is sampled through all K steps on its own (each step toward the encoded
+    colour-fixed SR image of the step before, no 3DGS in between), then 3DGS trains the same K*M HR iterations on
+    those final images. per-frame-interleaved (ablation): 3dsr's schedule, each step toward the view's own colour-fixed
+    SR target of the step before instead of the render. Every mode starts from the same warm-up and gets the same HR
+    iterations, loss and densification phases."""
     color_fix: bool = True
     """Wavelet colour fix: keep the low frequencies of the bicubic LR, the high frequencies of the decode."""
     guidance_batch_size: int = 8
@@ -101,8 +108,6 @@ class ThreeDSRPipeline(VanillaPipeline):
         """Guidance steps run so far (0..K)."""
         self.latents: Optional[torch.Tensor] = None
         """x_{t_k} of the last guidance step, [N, C, h, w]: the sampler's state between steps."""
-        self.x0: Optional[torch.Tensor] = None
-        """The denoiser's clean-latent prediction at the last step (the per-frame baseline steps toward it)."""
         self.guidance_log: List[Dict[str, float]] = []
         self._optimizers = None
         self._artifacts_dir: Optional[Path] = None
@@ -150,6 +155,7 @@ class ThreeDSRPipeline(VanillaPipeline):
 
     @torch.no_grad()
     def run_guidance_step(self, k: int, step: int) -> None:
+        """Denoising step k at iteration `step`: new SR targets (per the mode), then HR phase k begins."""
         assert self.backend is not None, "guidance runs only in a training pipeline"
         cfg, backend, dm = self.config, self.backend, self.datamanager
         timer = _StepTimer(self.device)
@@ -160,45 +166,62 @@ class ThreeDSRPipeline(VanillaPipeline):
             dm.enter_hr(cfg.upscale_factor)
         lr = dm.lr_images()
         lr_up = bicubic_upsample(lr, cfg.upscale_factor)
-        generator = torch.Generator(device=self.device).manual_seed(cfg.guidance_seed + k)
         backend.to(self.device)
+        sr: Optional[torch.Tensor] = None  # None: the SR targets stay as they are for this phase
+        if k == 1:
+            sr = self._sampler_step(1, lr, lr_up, timer)
+            self._first_sr = sr[:CONTACT_SHEET_VIEWS].half().cpu()
+            if cfg.mode == "per-frame" and backend.is_diffusion:  # sample every view to the end, on its own
+                for j in range(2, cfg.denoise_steps + 1):
+                    sr = self._sampler_step(j, lr, lr_up, timer, toward=sr)
+        elif cfg.mode != "per-frame" and backend.is_diffusion:  # a non-diffusion baseline's targets never change
+            if cfg.mode == "3dsr":
+                with timer("render"):
+                    toward = self.render_train_views()  # 3D consistency enters here
+            else:
+                toward = dm.sr_targets.permute(0, 3, 1, 2)
+            sr = self._sampler_step(k, lr, lr_up, timer, toward=toward)
+        if sr is not None:
+            with timer("swap"):
+                dm.swap(sr.permute(0, 2, 3, 1))
+            if self.threedsr_viewer is not None:
+                self.threedsr_viewer.on_swap(dm.sr_targets)
+        backend.offload()
+        self.steps_done = k
+        self.model.start_hr_phase(step, cfg.phase_iters)
+        self._restart_lr_schedules()
+        self.guidance_log.append({"step": k, "iteration": step, **timer.seconds})
+        CONSOLE.log(f"[bold]3dsr[/bold] denoise step {k} done: " + ", ".join(f"{n} {s:.2f}s" for n, s in timer.seconds.items()))
+        self.write_artifacts(f"step{k}")
+
+    def _sampler_step(self, k: int, lr: torch.Tensor, lr_up: torch.Tensor, timer: "_StepTimer",
+                      toward: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Sampler step k for every train view: x_{t_k}, then x0 and the colour-fixed SR images [N, 3, sH, sW].
+
+        k = 1 starts from the noised bicubic LR (or noise); k > 1 draws x_{t_k} from the posterior given x_{t_(k-1)}
+        (self.latents) and the clean latent E(toward): the renders for 3dsr, the previous SR images per frame."""
+        cfg, backend = self.config, self.backend
+        generator = torch.Generator(device=self.device).manual_seed(cfg.guidance_seed + k)
         t = self.timesteps[k - 1]
-        if k == 1 or not backend.is_diffusion:  # a non-diffusion baseline ignores x_t: no renders needed
+        if k == 1 or not backend.is_diffusion:  # a non-diffusion baseline ignores x_t
             with timer("encode"):
                 encoded = backend.encode(lr_up)
             x_t = guidance.start_latents(encoded if cfg.start_latents == "noised_lr" else None, encoded.shape, t,
-                                         backend.alphas_cumprod, generator, mode=cfg.start_latents)
+                                         backend.alphas_cumprod, generator, mode=cfg.start_latents, device=self.device)
         else:
-            assert self.latents is not None and self.x0 is not None
-            if cfg.guide_with_renders:
-                with timer("render"):
-                    renders = self.render_train_views()
-                with timer("encode"):
-                    x0_target = backend.encode(renders)  # the 3D-consistent clean latent
-            else:
-                x0_target = self.x0  # plain sampling: each view toward its own prediction (per-frame SR)
-            x_t = guidance.posterior_step(self.latents, x0_target, self.timesteps[k - 2], t, backend.alphas_cumprod,
-                                          generator=generator, kind=cfg.posterior)
+            assert self.latents is not None and toward is not None
+            with timer("encode"):
+                x0_target = backend.encode(toward)
+            x_t = guidance.posterior_step(self.latents.to(self.device), x0_target, self.timesteps[k - 2], t,
+                                          backend.alphas_cumprod, generator=generator, kind=cfg.posterior)
         with timer("denoise"):
             x0 = backend.predict_x0(x_t, t, lr)
         with timer("decode"):
             sr = backend.decode(x0)
             if cfg.color_fix:
                 sr = wavelet_color_fix(sr, lr_up)
-        with timer("swap"):
-            dm.swap(sr.permute(0, 2, 3, 1))
-        if self.threedsr_viewer is not None:
-            self.threedsr_viewer.on_swap(dm.sr_targets)
-        backend.offload()
-        self.latents, self.x0 = x_t.float(), x0.float()
-        self.steps_done = k
-        self.model.start_hr_phase(step, cfg.phase_iters)
-        self._restart_lr_schedules()
-        self.guidance_log.append({"step": k, "iteration": step, **timer.seconds})
-        CONSOLE.log(f"[bold]3dsr[/bold] denoise step {k} done: " + ", ".join(f"{n} {s:.2f}s" for n, s in timer.seconds.items()))
-        if k == 1:
-            self._first_sr = sr[:CONTACT_SHEET_VIEWS].half().cpu()
-        self.write_artifacts(f"step{k}")
+        self.latents = x_t.float()
+        return sr
 
     def final_artifacts_callback(self, step: int) -> None:
         if step == self.schedule.total_iterations - 1 and self.steps_done > 0:
@@ -238,13 +261,12 @@ class ThreeDSRPipeline(VanillaPipeline):
     # -- checkpoints ------------------------------------------------------------------------------------
 
     def get_extra_state(self) -> Dict:
-        return {"steps_done": self.steps_done, "latents": self.latents, "x0": self.x0,
+        return {"steps_done": self.steps_done, "latents": self.latents,
                 "sr_targets": self.datamanager.sr_targets, "first_sr": self._first_sr}
 
     def set_extra_state(self, state: Dict) -> None:
         self.steps_done = int(state["steps_done"])
         self.latents = None if state["latents"] is None else state["latents"].to(self.device)
-        self.x0 = None if state.get("x0") is None else state["x0"].to(self.device)
         self._first_sr = state.get("first_sr")
         if self.steps_done > 0:
             self.datamanager.enter_hr(self.config.upscale_factor)
