@@ -1,6 +1,7 @@
-"""Prepare an LLFF scene for 3dsr: LR = GT/4 images, GT kept for evaluation, every 8th image a test view.
+"""Prepare an LLFF scene for 3dsr: LR images, GT kept for evaluation, every 8th image a test view.
 
-    python scripts/prepare_llff.py ../shared/data/llff/fern data/fern
+    python scripts/prepare_llff.py ../shared/data/llff/fern data/fern --protocol paper   # 504x378 -> 2016x1512
+    python scripts/prepare_llff.py ../shared/data/llff/fern data/fern                    # 126x94 -> 504x376
     ns-train 3dsr --data data/fern
 """
 
@@ -21,6 +22,9 @@ class Args:
     """LLFF scene folder with poses_bounds.npy and images_8/."""
     out: tyro.conf.Positional[Path]
     """Output folder (a nerfstudio dataset)."""
+    protocol: Literal["small", "paper"] = "small"
+    """paper: 3DSR's LLFF protocol, LR = images_8 (504x378), GT = images_2 (2016x1512), both as they are. small:
+    GT = images_8 cropped to 504x376, LR = GT / 4 (126x94; NeRF-SR's protocol, this project's first tables)."""
     scale: int = 4
     """Upscale factor s: LR = GT / s."""
     gt_width: Optional[int] = None
@@ -34,8 +38,9 @@ class Args:
 
 def main() -> None:
     args = tyro.cli(Args)
-    summary = prepare_llff(args.scene, args.out, args.scale, args.gt_width, args.test_every, args.gt_views)
-    print(f"{args.out}: LR {summary['lr_size'][0]}x{summary['lr_size'][1]}, GT {summary['gt_size'][0]}x{summary['gt_size'][1]}, "
+    summary = prepare_llff(args.scene, args.out, args.scale, args.gt_width, args.test_every, args.gt_views,
+                           args.protocol)
+    print(f"{args.out} ({summary['protocol']} protocol): LR {summary['lr_size'][0]}x{summary['lr_size'][1]}, GT {summary['gt_size'][0]}x{summary['gt_size'][1]}, "
           f"{len(summary['train'])} train / {len(summary['test'])} test views, SfM points: {summary['sfm_points']}")
     print(summary["crop"])
 

@@ -1,8 +1,14 @@
-"""Turn an LLFF scene (poses_bounds.npy + images_8/) into a nerfstudio dataset for x4 super-resolution.
+"""Turn an LLFF scene (poses_bounds.npy + images_8/ [+ images_2/]) into a nerfstudio dataset for x4 super-resolution.
+
+Two protocols:
+    paper  (3DSR, ICCV 2025, and its official code: LR from images_{4r}, GT from images_r, r = 2): LR = LLFF's own
+           images_8 (original / 8, 504x378), GT = images_2 (original / 2, 2016x1512). 4 * 504 = 2016 and
+           4 * 378 = 1512: nothing is cropped or resampled; both are copied byte for byte.
+    small  (NeRF-SR's, this project's first tables): GT = images_8 centre-cropped to 504x376, LR = GT / 4 (126x94).
 
 Layout written:
-    out/images/*.png      LR images (GT / s, antialiased bicubic): what 3dsr trains on
-    out/gt/*.png          GT images (s x LR), kept for evaluation only
+    out/images/*.png      LR images: what 3dsr trains on
+    out/gt/*.png|*.jpg    GT images (s x LR), kept for evaluation only (gt_file() finds a view's)
     out/transforms.json   LR intrinsics, OpenGL camera-to-world poses, the SfM points if the scene has them
     out/transforms_gt.json  the same cameras at GT size over gt/ (evaluation, and the splatfacto-at-GT anchor)
     out/sparse_pc.ply     COLMAP points3D (same world frame as poses_bounds.npy)
@@ -23,6 +29,20 @@ import numpy as np
 from PIL import Image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".JPG", ".PNG")
+PROTOCOLS = ("small", "paper")
+PAPER_GT_DIR = "images_2"
+"""The paper protocol's GT: the originals / 2 (4x images_8)."""
+
+
+def gt_file(data_dir: Path, name: str) -> Path:
+    """The GT image of the view whose LR file is images/<name>: gt/<stem> with whichever image suffix it has
+    (the paper protocol keeps LLFF's JPEGs as they are). Falls back to gt/<name> when none exists."""
+    stem = Path(name).stem
+    for suffix in IMAGE_SUFFIXES:
+        path = Path(data_dir) / "gt" / (stem + suffix)
+        if path.is_file():
+            return path
+    return Path(data_dir) / "gt" / name
 
 
 def llff_poses_to_opengl(poses_bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -53,9 +73,24 @@ def _write_ply(path: Path, xyz: np.ndarray, rgb: np.ndarray) -> None:
         f.write(vertex.tobytes())
 
 
+def _copy_view(lr_src: Path, gt_src: Path, out: Path, stem: str, gt_size: tuple, write_gt: bool) -> None:
+    """The paper protocol: the LR PNG and the GT file copied byte for byte (after checking the GT's size)."""
+    if lr_src.suffix.lower() != ".png":
+        raise ValueError(f"{lr_src}: the paper protocol copies images_8 as it is and expects PNG files")
+    (out / "images" / stem).write_bytes(lr_src.read_bytes())
+    if write_gt:
+        with Image.open(gt_src) as gt:
+            if gt.size != tuple(gt_size):
+                raise ValueError(f"{gt_src} is {gt.size[0]}x{gt.size[1]}, but the paper protocol's GT is 4x images_8: "
+                                 f"{gt_size[0]}x{gt_size[1]}")
+        (out / "gt" / (Path(stem).stem + gt_src.suffix)).write_bytes(gt_src.read_bytes())
+
+
 def prepare_llff(scene: Path, out: Path, scale: int = 4, gt_width: Optional[int] = None, test_every: int = 8,
-                 gt_views: str = "all") -> dict:
+                 gt_views: str = "all", protocol: str = "small") -> dict:
     """Write the dataset described in the module docstring; returns a summary dict.
+
+    protocol: "small" (default) or "paper" (see the module docstring; scale must be 4 and gt_width unset).
 
     gt_views: "all", or "test" to write GT only for the test views (all that PSNR/SSIM need: a third of the
     size to carry; evaluate then has no GT consistency reference and transforms_gt.json lists absent files).
@@ -65,7 +100,15 @@ def prepare_llff(scene: Path, out: Path, scale: int = 4, gt_width: Optional[int]
     """
     if gt_views not in ("all", "test"):
         raise ValueError(f"gt_views must be 'all' or 'test', not {gt_views!r}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
     scene, out = Path(scene), Path(out)
+    if protocol == "paper":
+        if scale != 4 or gt_width is not None:
+            raise ValueError("--protocol paper is LR = images_8, GT = images_2: x4 at full size; drop --scale/--gt-width")
+        if not (scene / PAPER_GT_DIR).is_dir():
+            raise FileNotFoundError(f"{scene / PAPER_GT_DIR} not found: --protocol paper reads its GT (the originals / 2) "
+                                    "from there; use --protocol small for a scene without it")
     poses_file = scene / "poses_bounds.npy"
     image_dir = scene / "images_8"
     if not poses_file.exists():
@@ -79,33 +122,47 @@ def prepare_llff(scene: Path, out: Path, scale: int = 4, gt_width: Optional[int]
     c2w, hwf = llff_poses_to_opengl(poses_bounds)
 
     width0, height0 = Image.open(image_dir / names[0]).size
-    crop_h = height0 - height0 % scale  # crop rows symmetrically so the principal point stays centred
-    top = (height0 - crop_h) // 2
-    gt_w = gt_width or width0 - width0 % scale
-    gt_h = crop_h if gt_width is None else max(scale, round(gt_width * crop_h / width0 / scale) * scale)
-    if gt_w % scale:
-        raise ValueError(f"gt_width {gt_w} is not a multiple of the upscale factor {scale}")
-    lr_w, lr_h = gt_w // scale, gt_h // scale
-
     focal = hwf[0, 2] * width0 / hwf[0, 1]  # focal at images_8 size (poses store it for the originals)
+    if protocol == "paper":
+        crop_h, top, lr_w, lr_h = height0, 0, width0, height0
+        gt_w, gt_h = scale * width0, scale * height0
+        gt_names = sorted(p.name for p in (scene / PAPER_GT_DIR).iterdir() if p.suffix in IMAGE_SUFFIXES)
+        if len(gt_names) != len(names):
+            raise ValueError(f"{scene / PAPER_GT_DIR} has {len(gt_names)} images but {image_dir} has {len(names)}: "
+                             "the paper protocol needs the GT of every view, in the same sorted order")
+    else:
+        crop_h = height0 - height0 % scale  # crop rows symmetrically so the principal point stays centred
+        top = (height0 - crop_h) // 2
+        gt_w = gt_width or width0 - width0 % scale
+        gt_h = crop_h if gt_width is None else max(scale, round(gt_width * crop_h / width0 / scale) * scale)
+        if gt_w % scale:
+            raise ValueError(f"gt_width {gt_w} is not a multiple of the upscale factor {scale}")
+        lr_w, lr_h = gt_w // scale, gt_h // scale
     fx, fy = focal * gt_w / width0 / scale, focal * gt_h / crop_h / scale
 
     for sub in ("images", "gt"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    frames, train, test = [], [], []
+    frames, train, test, gt_paths = [], [], [], []
     for i, name in enumerate(names):
-        image = Image.open(image_dir / name).convert("RGB")
-        if image.size != (width0, height0):
-            raise ValueError(f"{image_dir / name} is {image.size[0]}x{image.size[1]}, the others {width0}x{height0}")
-        gt = image.crop((0, top, width0, top + crop_h))
-        if (gt_w, gt_h) != gt.size:
-            gt = gt.resize((gt_w, gt_h), Image.Resampling.BICUBIC)
-        lr = gt.resize((lr_w, lr_h), Image.Resampling.BICUBIC)  # PIL's reducing resize is antialiased
         stem = Path(name).stem + ".png"
-        if gt_views == "all" or i % test_every == 0:
-            gt.save(out / "gt" / stem)
-        lr.save(out / "images" / stem)
+        write_gt = gt_views == "all" or i % test_every == 0
+        with Image.open(image_dir / name) as image:
+            if image.size != (width0, height0):
+                raise ValueError(f"{image_dir / name} is {image.size[0]}x{image.size[1]}, the others {width0}x{height0}")
+            if protocol == "paper":
+                _copy_view(image_dir / name, scene / PAPER_GT_DIR / gt_names[i], out, stem, (gt_w, gt_h), write_gt)
+                gt_stem = Path(name).stem + Path(gt_names[i]).suffix
+            else:
+                gt = image.convert("RGB").crop((0, top, width0, top + crop_h))
+                if (gt_w, gt_h) != gt.size:
+                    gt = gt.resize((gt_w, gt_h), Image.Resampling.BICUBIC)
+                lr = gt.resize((lr_w, lr_h), Image.Resampling.BICUBIC)  # PIL's reducing resize is antialiased
+                if write_gt:
+                    gt.save(out / "gt" / stem)
+                lr.save(out / "images" / stem)
+                gt_stem = stem
         frames.append({"file_path": f"images/{stem}", "transform_matrix": c2w[i].tolist()})
+        gt_paths.append(f"gt/{gt_stem}")
         (test if i % test_every == 0 else train).append(stem)
 
     transforms = {
@@ -125,11 +182,13 @@ def prepare_llff(scene: Path, out: Path, scale: int = 4, gt_width: Optional[int]
         transforms["ply_file_path"] = "sparse_pc.ply"
     (out / "transforms.json").write_text(json.dumps(transforms, indent=2))
     gt_transforms = dict(transforms, w=gt_w, h=gt_h, fl_x=float(fx * scale), fl_y=float(fy * scale), cx=gt_w / 2.0,
-                         cy=gt_h / 2.0, frames=[dict(f, file_path=f["file_path"].replace("images/", "gt/")) for f in frames])
+                         cy=gt_h / 2.0, frames=[dict(f, file_path=g) for f, g in zip(frames, gt_paths)])
     (out / "transforms_gt.json").write_text(json.dumps(gt_transforms, indent=2))
+    crop = (f"LR = {image_dir.name} as is, GT = {PAPER_GT_DIR} as is (no crop)" if protocol == "paper" else
+            f"GT centre-cropped from {width0}x{height0} to {width0}x{crop_h} (rows {top}..{top + crop_h - 1})")
     summary = {
-        "scene": str(scene), "scale": scale, "gt_size": [gt_w, gt_h], "lr_size": [lr_w, lr_h],
-        "crop": f"GT centre-cropped from {width0}x{height0} to {width0}x{crop_h} (rows {top}..{top + crop_h - 1})",
+        "scene": str(scene), "protocol": protocol, "scale": scale, "gt_size": [gt_w, gt_h], "lr_size": [lr_w, lr_h],
+        "crop": crop,
         "train": train, "test": test, "sfm_points": "ply_file_path" in transforms,
     }
     (out / "split.json").write_text(json.dumps(summary, indent=2))
