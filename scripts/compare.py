@@ -1,14 +1,19 @@
-"""One command, three methods, one table: does 3dsr beat per-frame SR on the same scene?
+"""One command, several methods, one table: does 3dsr beat per-frame SR on the same scene?
 
-  bicubic     the bicubic-upsampled LR as HR targets (no diffusion), then 3DGS at HR
-  per-frame   the SR backend's own sampling, view by view, as HR targets: per-frame SR + 3DGS
-  3dsr        the same backend and sampler, each step guided by the 3D-consistent renders
+  bicubic                the bicubic-upsampled LR as HR targets (no diffusion), then 3DGS at HR
+  per-frame              the paper's per-frame baseline: every view sampled through all K steps of the same backend and
+                         sampler on its own, then 3DGS trains the K x M HR iterations on those final images
+  per-frame-interleaved  ablation: 3dsr's schedule, each step toward the view's own previous SR target, not the render
+  realesrgan             Real-ESRGAN x4plus per frame (a real pretrained SR network, deterministic), then 3DGS
+  3dsr                   the same backend and sampler, each step guided by the 3D-consistent renders
 
-All three share the schedule (N0 LR warm-up + K x M HR iterations), the seed and the 3DGS settings; they
+All share the schedule (N0 LR warm-up + K x M HR iterations), the seed, the loss and the densification phases; they
 differ only in where the HR targets come from. The LR warm-up does not depend on the method, so by default it
-is trained once and every method's HR phases start from its checkpoint (the same scene for all three, and
-N0 iterations instead of 3 x N0). Each run is scored by threedsr_ns.evaluation (PSNR/SSIM at
-GT size on the test views, fidelity to the LR input, multi-view consistency).
+is trained once and every method's HR phases start from its checkpoint (the same scene for all, and N0 iterations
+instead of one warm-up each). That warm-up also gives the one geometry every method's SR targets are warped with for
+the detail-consistency score (its depth rendered at HR): no run grades itself. Each run is scored by
+threedsr_ns.evaluation (PSNR / SSIM / LPIPS-Alex / LPIPS-VGG / DISTS at GT size on the test views, fidelity to the
+LR input, detail consistency and high-frequency energy) and timed (wall time, peak GPU memory of its process).
 
     python scripts/compare.py --data data/fern --out compare --backend sd-x4-upscaler
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +38,24 @@ import tyro
 from PIL import Image, ImageDraw
 
 from threedsr_ns.config import threedsr_trainer_config
-from threedsr_ns.evaluation import evaluate_run, load_run, read_image
+from threedsr_ns.evaluation import evaluate_run, load_run, read_image, save_shared_geometry
 from threedsr_ns.evaluation_report import write_report
+from threedsr_ns.llff import gt_file
 from threedsr_ns.pipeline import ThreeDSRPipelineConfig
 from threedsr_ns.runs import quiet, release_gpu_memory, setup_trainer
 
-METHODS = ("bicubic", "per-frame", "3dsr")
+METHOD_SETTINGS: Dict[str, Dict[str, str]] = {
+    "bicubic": {"sr_backend": "bicubic"},
+    "per-frame": {"mode": "per-frame"},
+    "per-frame-interleaved": {"mode": "per-frame-interleaved"},
+    "realesrgan": {"sr_backend": "realesrgan"},
+    "3dsr": {"mode": "3dsr"},
+}
+"""Each method's pipeline settings; the others are shared (a diffusion method's backend is --backend)."""
+METHODS = tuple(METHOD_SETTINGS)
+DEFAULT_METHODS = ("bicubic", "per-frame", "3dsr")
+TABLE_KEYS = ("psnr", "ssim", "lpips_alex", "lpips_vgg", "dists", "detail_consistency", "hf_energy_ratio",
+              "hf_energy_ratio_render", "lr_psnr", "wall_s", "peak_gpu_mem_gb")
 
 
 @dataclass
@@ -53,7 +71,8 @@ class Args:
     """K"""
     phase_iters: int = ThreeDSRPipelineConfig.phase_iters
     """M"""
-    methods: Tuple[str, ...] = METHODS
+    methods: Tuple[str, ...] = DEFAULT_METHODS
+    """Any of bicubic, per-frame, per-frame-interleaved, realesrgan, 3dsr."""
     share_warmup: bool = True
     """Train the LR warm-up once (runs/.../warm-up) and start every method from its checkpoint."""
     crop: int = 128
@@ -65,27 +84,36 @@ class Args:
     gain. Each process gets cpu_count / jobs CPU threads unless OMP_NUM_THREADS is set."""
 
 
-def train(method: str, args: Args, warmup_checkpoint: Optional[Path] = None) -> Path:
-    """Train one method (or, for method "warm-up", only the LR warm-up) and return its config.yml."""
+def train(method: str, args: Args, warmup_checkpoint: Optional[Path] = None) -> Tuple[Path, Dict[str, Optional[float]]]:
+    """Train one method (or, for method "warm-up", only the LR warm-up); its config.yml and its cost: wall time of
+    the training (from the warm-up checkpoint on) and the peak GPU memory of this process while it trained."""
     config = threedsr_trainer_config()
     pipeline = config.pipeline
     pipeline.datamanager.data = args.data
     pipeline.warmup_iters, pipeline.denoise_steps, pipeline.phase_iters = args.warmup_iters, args.denoise_steps, args.phase_iters
-    pipeline.sr_backend = args.backend if method in ("per-frame", "3dsr") else "bicubic"  # none runs before N0
-    pipeline.mode = "3dsr" if method == "3dsr" else "per-frame"
+    pipeline.sr_backend = args.backend
+    for name, value in METHOD_SETTINGS.get(method, {"sr_backend": "bicubic"}).items():  # no SR runs before N0
+        setattr(pipeline, name, value)
     if method == "warm-up":
         config.stop_at = args.warmup_iters
     config.load_checkpoint = warmup_checkpoint
     quiet(config, args.out / "runs", method)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
     trainer = setup_trainer(config)
     trainer.train()
+    cost = {"wall_s": time.perf_counter() - start,
+            "peak_gpu_mem_gb": torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None}
     release_gpu_memory()
-    return Path(trainer.base_dir) / "config.yml"
+    return Path(trainer.base_dir) / "config.yml", cost
 
 
 def train_and_score(method: str, args: Args, warmup_checkpoint: Optional[Path]) -> Tuple[Path, dict]:
-    config = train(method, args, warmup_checkpoint)
-    result = evaluate_run(config, args.data)
+    config, cost = train(method, args, warmup_checkpoint)
+    geometry = args.out / GEOMETRY_FILE
+    result = evaluate_run(config, args.data, geometry=geometry if geometry.is_file() else None)
+    result["mean"].update(cost)
     write_report(result, args.out / f"evaluate_{method}")  # per view, as scripts/evaluate.py writes it
     return config, result
 
@@ -112,6 +140,10 @@ def train_and_score_in_parallel(args: Args, warmup_checkpoint: Optional[Path]) -
         raise SystemExit("methods that failed (the others are in compare.json):\n" + "\n".join(failed))
 
 
+GEOMETRY_FILE = "shared_geometry.pt"
+"""<out>/shared_geometry.pt: the warm-up's depth of every train view at HR, used to score every method."""
+
+
 def last_checkpoint(config: Path) -> Path:
     return sorted((config.parent / "nerfstudio_models").glob("step-*.ckpt"))[-1]
 
@@ -119,7 +151,7 @@ def last_checkpoint(config: Path) -> Path:
 def crops_figure(configs: Dict[str, Path], data: Path, size: int) -> Image.Image:
     """GT | each method's render, on the centre crop of the first test view."""
     name = json.loads((data / "split.json").read_text())["test"][0]
-    gt = read_image(data / "gt" / name)
+    gt = read_image(gt_file(data, name))
     h, w = gt.shape[:2]
     top, left = (h - size) // 2, (w - size) // 2
     panels = [("GT", gt)]
@@ -141,18 +173,25 @@ def crops_figure(configs: Dict[str, Path], data: Path, size: int) -> Image.Image
 def write_table(args: Args, results: Dict[str, dict]) -> str:
     """compare.md and compare.json for the methods scored so far, in --methods order; returns the Markdown."""
     results = {m: results[m] for m in args.methods if m in results}
-    keys = ("psnr", "ssim", "lpips", "lr_psnr", "sr_target_disagreement", "render_disagreement")
-    table = ["| method | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    table = ["| method | " + " | ".join(TABLE_KEYS) + " |", "|---|" + "---|" * len(TABLE_KEYS)]
     for method, result in results.items():
-        cells = [("-" if result["mean"][k] is None else f"{result['mean'][k]:.4f}") for k in keys]
+        cells = [("-" if result["mean"].get(k) is None else f"{result['mean'][k]:.4f}") for k in TABLE_KEYS]
         table.append(f"| {method} | " + " | ".join(cells) + " |")
+    first = next(iter(results.values()))
     shared = "; one shared LR warm-up" if args.share_warmup else ""
-    header = (f"# {args.data.name}: bicubic vs per-frame SR vs 3dsr ({args.backend}; N0={args.warmup_iters}, "
-              f"K={args.denoise_steps}, M={args.phase_iters}{shared})\n\nsr_target_disagreement: multi-view disagreement "
-              f"of the final HR targets (lower = more consistent). {next(iter(results.values()))['lpips_note'] or ''}\n\n")
+    header = (f"# {args.data.name} ({first['protocol']} protocol, renders {first['render_size'][0]}x{first['render_size'][1]}): "
+              f"{' vs '.join(results)} ({args.backend}; N0={args.warmup_iters}, K={args.denoise_steps}, "
+              f"M={args.phase_iters}{shared})\n\ndetail_consistency: correlation of the SR targets' detail bands across "
+              f"views, warped with {first['consistency']['geometry']} (higher = more consistent; 0 = independent "
+              f"details). hf_energy_ratio: high-frequency energy of the SR targets (_render: of the test renders) over "
+              f"the GT's. wall_s / peak_gpu_mem_gb: the method's training from the warm-up checkpoint on. "
+              f"{' '.join(first['metric_notes'])}\n\n")
     markdown = header + "\n".join(table) + "\n"
     (args.out / "compare.md").write_text(markdown)
-    (args.out / "compare.json").write_text(json.dumps({m: r["mean"] for m, r in results.items()}, indent=2))
+    summary = {"protocol": first["protocol"], "render_size": first["render_size"], "backend": args.backend,
+               "schedule": {"N0": args.warmup_iters, "K": args.denoise_steps, "M": args.phase_iters},
+               "methods": {m: r["mean"] for m, r in results.items()}}
+    (args.out / "compare.json").write_text(json.dumps(summary, indent=2))
     return markdown
 
 
@@ -163,7 +202,11 @@ def main() -> None:
         what = f"unknown methods {sorted(unknown)}" if unknown else "no methods given"
         raise SystemExit(f"{what}; choose one or more of {', '.join(METHODS)}")
     args.out.mkdir(parents=True, exist_ok=True)
-    warmup = last_checkpoint(train("warm-up", args)) if args.share_warmup else None
+    warmup = None
+    if args.share_warmup:
+        warmup_config, _ = train("warm-up", args)
+        warmup = last_checkpoint(warmup_config)
+        save_shared_geometry(warmup_config, args.data, args.out / GEOMETRY_FILE)
     configs: Dict[str, Path] = {}
     results: Dict[str, dict] = {}
     if args.jobs > 1:

@@ -1,12 +1,16 @@
-"""Merge scripts/compare.py results of several scenes into one quality table (issue 6's quality-llff.json).
+"""Merge scripts/compare.py results of several scenes into one quality table.
 
-    python scripts/quality_table.py --scenes compare/fern compare/flower compare/horns \\
-        --out benchmarks/results/quality-llff --note "N0=10000, K=4, M=2500 on an H100"
+    python scripts/quality_table.py --scenes compare/fern compare/flower --out benchmarks/results/quality-llff-paper \\
+        --device "NVIDIA H200" --note "N0=5000, K=4, M=1000, compact prior"
 
-Reads each <scene>/compare.json and <scene>/crops.png; writes <out>.json ({scene: {method: {psnr, ssim, lr_psnr,
-consistency, render_disagreement}}}), <out>.md (one table, the per-scene verdicts of 3dsr against per-frame SR) and
-<out>-crops.png (the scenes' crops stacked). `consistency` is compare's sr_target_disagreement: the multi-view
-disagreement of the final HR targets on co-visible pixels (lower = more consistent).
+Reads each <scene>/compare.json and <scene>/crops.png; writes <out>.json
+
+    {"protocol": ..., "device": ..., "schedule": {"N0", "K", "M"}, "backend": ...,
+     "scenes": {scene: {"render_size": [w, h], "methods": {method: {psnr, ssim, lpips_alex, lpips_vgg, dists,
+                                                                    detail_consistency, hf_energy_ratio, ...}}}}}
+
+<out>.md (one table, the paper's LLFF figures beside it, 3dsr's margins over the per-frame baseline per scene) and
+<out>-crops.png (the scenes' crops stacked). Every scene must share one protocol, schedule and backend.
 """
 
 from __future__ import annotations
@@ -14,13 +18,20 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Tuple
+from typing import Optional, Tuple
 
 import tyro
 from PIL import Image
 
-KEYS = {"psnr": "psnr", "ssim": "ssim", "lr_psnr": "lr_psnr", "consistency": "sr_target_disagreement",
-        "render_disagreement": "render_disagreement"}
+KEYS = ("psnr", "ssim", "lpips_alex", "lpips_vgg", "dists", "lpips_alex_threedsr_code", "detail_consistency",
+        "sr_target_detail_correlation", "hf_energy_ratio", "hf_energy_ratio_render", "lr_psnr", "wall_s",
+        "peak_gpu_mem_gb", "sr_target_disagreement")
+PAPER_LLFF = {  # 3DSR (ICCV 2025), authors' poster: LLFF x4, mean of 8 scenes (PSNR / SSIM / LPIPS-Alex)
+    "StableSR per frame + 3DGS": {"psnr": 22.75, "ssim": 0.717, "lpips_alex": 0.219},
+    "SuperGaussian": {"psnr": 23.05, "ssim": 0.725, "lpips_alex": 0.296},
+    "3DSR": {"psnr": 24.21, "ssim": 0.754, "lpips_alex": 0.181},
+}
+PAPER_MARGIN = {"psnr": 24.21 - 22.75, "lpips_alex": 0.181 - 0.219}
 
 
 @dataclass
@@ -29,42 +40,75 @@ class Args:
     """compare.py output folders, one per scene (named after the scene)."""
     out: Path
     """Path stem: writes <out>.json, <out>.md and <out>-crops.png."""
+    device: str = ""
+    """The machine the runs were made on."""
     note: str = ""
-    """One line on how the runs were made (schedule, machine, command)."""
+    """Lines on how the runs were made (command) and how they differ from the paper's, for the Markdown."""
 
 
-def merge(scenes: Tuple[Path, ...]) -> dict:
-    table = {}
+def merge(scenes: Tuple[Path, ...], device: str) -> dict:
+    merged: dict = {"scenes": {}}
     for folder in scenes:
         path = folder / "compare.json"
         if not path.is_file():
             raise SystemExit(f"{path} not found: run scripts/compare.py --out {folder} first")
-        by_method = json.loads(path.read_text())
-        table[folder.name] = {method: {key: means[src] for key, src in KEYS.items()} for method, means in by_method.items()}
-    return table
+        result = json.loads(path.read_text())
+        shared = {"protocol": result["protocol"], "device": device, "schedule": result["schedule"],
+                  "backend": result["backend"]}
+        for key, value in shared.items():
+            if merged.setdefault(key, value) != value:
+                raise SystemExit(f"{path}: {key} {value!r} differs from the other scenes' {merged[key]!r}")
+        merged["scenes"][folder.name] = {
+            "render_size": result["render_size"],
+            "methods": {m: {k: means.get(k) for k in KEYS} for m, means in result["methods"].items()}}
+    return {k: merged[k] for k in ("protocol", "device", "schedule", "backend", "scenes")}
 
 
-def verdicts(table: dict) -> list[str]:
-    """3dsr against per-frame SR + 3DGS on each scene: PSNR higher, consistency lower (issue 6's targets)."""
+def _fmt(value: Optional[float], digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def margins(table: dict) -> list[str]:
+    """3dsr against the per-frame diffusion baseline on each scene: PSNR, LPIPS-Alex, detail consistency."""
     lines = []
-    for scene, methods in table.items():
+    for scene, entry in table["scenes"].items():
+        methods = entry["methods"]
         if "3dsr" not in methods or "per-frame" not in methods:
             continue
         ours, base = methods["3dsr"], methods["per-frame"]
-        d_psnr, d_cons = ours["psnr"] - base["psnr"], ours["consistency"] - base["consistency"]
-        lines.append(f"- {scene}: 3dsr - per-frame = {d_psnr:+.3f} dB PSNR ({'better' if d_psnr > 0 else 'NOT better'}), "
-                     f"{d_cons:+.5f} consistency ({'better' if d_cons < 0 else 'NOT better'})")
+        parts = []
+        for key, better, digits, unit in (("psnr", 1, 3, " dB PSNR"), ("lpips_alex", -1, 4, " LPIPS-Alex"),
+                                          ("detail_consistency", 1, 4, " detail consistency")):
+            if ours.get(key) is None or base.get(key) is None:
+                parts.append(f"{key} n/a")
+                continue
+            delta = ours[key] - base[key]
+            paper = f"; paper {PAPER_MARGIN[key]:+.3f}" if key in PAPER_MARGIN else ""
+            parts.append(f"{delta:+.{digits}f}{unit} ({'better' if delta * better > 0 else 'NOT better'}{paper})")
+        lines.append(f"- {scene}: 3dsr - per-frame = " + ", ".join(parts))
     return lines
 
 
 def markdown(table: dict, note: str) -> str:
-    header = "| scene | method | PSNR (dB) | SSIM | LR PSNR (dB) | consistency (lower = better) | render disagreement |"
-    rows = [header, "|---|---|---|---|---|---|---|"]
-    for scene, methods in table.items():
-        for method, m in methods.items():
-            rows.append(f"| {scene} | {method} | {m['psnr']:.3f} | {m['ssim']:.4f} | {m['lr_psnr']:.3f} | "
-                        f"{m['consistency']:.5f} | {m['render_disagreement']:.5f} |")
-    return "\n".join([f"# LLFF x4: bicubic vs per-frame SR vs 3dsr\n", note, "", *rows, "", *verdicts(table), ""])
+    s = table["schedule"]
+    columns = ("PSNR (dB) ↑", "SSIM ↑", "LPIPS-Alex ↓", "LPIPS-VGG ↓", "DISTS ↓", "detail consistency ↑",
+               "HF energy (targets / renders vs GT)", "LR PSNR (dB)", "wall (s)", "peak GPU (GB)")
+    rows = ["| scene | method | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
+    for scene, entry in table["scenes"].items():
+        for method, m in entry["methods"].items():
+            cells = [_fmt(m["psnr"], 3), _fmt(m["ssim"], 4), _fmt(m["lpips_alex"], 4), _fmt(m["lpips_vgg"], 4),
+                     _fmt(m["dists"], 4), _fmt(m["detail_consistency"], 4),
+                     f"{_fmt(m['hf_energy_ratio'], 3)} / {_fmt(m['hf_energy_ratio_render'], 3)}", _fmt(m["lr_psnr"], 2),
+                     _fmt(m["wall_s"], 0), _fmt(m["peak_gpu_mem_gb"], 1)]
+            rows.append(f"| {scene} | {method} | " + " | ".join(cells) + " |")
+    paper = ["| method (paper, LLFF mean of 8 scenes) | PSNR | SSIM | LPIPS-Alex |", "|---|---|---|---|"]
+    paper += [f"| {m} | {v['psnr']:.2f} | {v['ssim']:.3f} | {v['lpips_alex']:.3f} |" for m, v in PAPER_LLFF.items()]
+    sizes = ", ".join(f"{scene} {e['render_size'][0]}x{e['render_size'][1]}" for scene, e in table["scenes"].items())
+    return "\n".join([
+        f"# LLFF x4 ({table['protocol']} protocol; renders {sizes})\n",
+        f"Backend `{table['backend']}`, N0={s['N0']}, K={s['K']}, M={s['M']}, {table['device'] or 'device not given'}. "
+        "wall / peak GPU: each method's training from the shared warm-up checkpoint on, in its own process.", "",
+        note, "", *rows, "", *margins(table), "", "The paper's figures:", "", *paper, ""])
 
 
 def stack_crops(scenes: Tuple[Path, ...]) -> Image.Image:
@@ -79,12 +123,13 @@ def stack_crops(scenes: Tuple[Path, ...]) -> Image.Image:
 
 def main() -> None:
     args = tyro.cli(Args, description=__doc__)
-    table = merge(args.scenes)
+    table = merge(args.scenes, args.device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.json").write_text(json.dumps(table, indent=2))
-    Path(f"{args.out}.md").write_text(markdown(table, args.note) + f"\n![crops]({args.out.name}-crops.png)\n")
+    text = markdown(table, args.note)
+    Path(f"{args.out}.md").write_text(text + f"\n![crops]({args.out.name}-crops.png)\n")
     stack_crops(args.scenes).save(f"{args.out}-crops.png")
-    print(markdown(table, args.note))
+    print(text)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Issue 6's LLFF quality table on the GPU machine: scripts/compare.py (bicubic / per-frame / 3dsr, one
-# schedule) on every scene given, all scenes at once and each scene's methods side by side (--jobs 3) after its
-# warm-up, under CUDA MPS. One training process keeps the H100 ~9% busy: LR warm-up on fern made 67 it/s alone;
+# The LLFF quality tables on the GPU machine: scripts/compare.py (the given methods, one schedule, the compact
+# prior) on every scene given, all scenes at once and each scene's methods side by side (--jobs = the number of
+# methods) after its warm-up, under CUDA MPS. One training process keeps the H100 ~9% busy: LR warm-up on fern made 67 it/s alone;
 # three at once made 54 it/s each without MPS (OMP_NUM_THREADS=2; 22 each with every core per process) and
 # 73-76 it/s each under MPS. Runs detached, so that device calls of at most 10 minutes can poll it:
 #
 #   bash scripts/run_llff_quality.sh start WORK N0 M "METHODS" SCENE_DIR...   # returns at once; WORK/<scene>.log
+#
+# A scene folder may appear only later (carried by a later device call): its job waits for <scene>/split.json.
+# Weights the machine lacks are found through THREEDSR_METRIC_WEIGHTS / THREEDSR_REALESRGAN_WEIGHTS (exported by
+# scripts/export_metric_weights.py and python -m threedsr_ns.backends.realesrgan export).
 #   bash scripts/run_llff_quality.sh status WORK                    # tail of each log; "N of M scene(s) done"
 #   bash scripts/run_llff_quality.sh collect WORK OUT               # one <scene>.tar.gz per started scene into OUT
 #
@@ -17,6 +21,7 @@ shift 2
 case "$cmd" in
   start)
     warmup=$1 phase=$2 methods=$3
+    jobs=$(wc -w <<< "$methods")
     shift 3
     mkdir -p "$work"
     echo "$#" > "$work/scenes.txt"
@@ -24,8 +29,9 @@ case "$cmd" in
     for data in "$@"; do
       scene=$(basename "$data")
       job+="
-        (start=\$(date +%s)
-        python3 scripts/compare.py --data '$data' --out '$work/$scene' --backend compact --jobs 3 \
+        (until [ -f '$data/split.json' ]; do sleep 5; done
+        start=\$(date +%s)
+        python3 scripts/compare.py --data '$data' --out '$work/$scene' --backend compact --jobs $jobs --crop 256 \
           --warmup-iters $warmup --phase-iters $phase --methods $methods > '$work/$scene.log' 2>&1
         run=\$(dirname \$(find '$work/$scene/runs' -path '*/3dsr/config.yml' | head -1))
         [ -f \$run/config.yml ] && cp \$run/contact_sheet_*.png '$work/$scene/'
@@ -36,7 +42,7 @@ case "$cmd" in
       wait"
     # MPS lets the processes' kernels share the GPU instead of time-slicing it; without it they still run
     command -v nvidia-cuda-mps-control > /dev/null && nvidia-cuda-mps-control -d && echo "CUDA MPS started"
-    export OMP_NUM_THREADS=1  # up to 9 training processes on 16 cores
+    export OMP_NUM_THREADS=1  # up to 10 training processes on 16 cores
     setsid nohup bash -c "$job" > "$work/job.txt" 2>&1 < /dev/null &
     echo "started $# scene(s) under $work"
     ;;

@@ -10,10 +10,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from threedsr_ns.backends import BACKEND_NAMES, BicubicBackend, make_backend
-from threedsr_ns.backends.sd_upscaler import SDUpscalerBackend, build_random_sd_x4_upscaler, save_prompt_embeds
+import numpy as np
+import torch.nn.functional as F
+from PIL import Image
+
+from threedsr_ns.backends import BACKEND_NAMES, BicubicBackend, compact, make_backend
+from threedsr_ns.backends.sd_upscaler import (
+    DEFAULT_VAE_TILE_SIZE,
+    SDUpscalerBackend,
+    build_random_sd_x4_upscaler,
+    save_prompt_embeds,
+)
 from threedsr_ns.colorfix import bicubic_upsample
 
+FERN_IMAGE = Path(__file__).resolve().parents[2] / "shared" / "data" / "llff" / "fern" / "images_8" / "image000.png"
 LR_SIZE = (10, 13)  # odd on purpose: the UNet must handle sizes that are not multiples of 8
 HR_SIZE = (40, 52)
 
@@ -33,6 +43,15 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def tiny() -> SDUpscalerBackend:
     return build_random_sd_x4_upscaler(device="cpu", seed=0, tiny=True, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def fern() -> torch.Tensor:
+    """LLFF fern image000 (images_8) area-downsampled to 96x128, [1, 3, 96, 128] in [0, 1]."""
+    if not FERN_IMAGE.exists():
+        pytest.skip(f"{FERN_IMAGE} not found: the tests read LLFF fern from ../shared/data")
+    image = torch.from_numpy(np.asarray(Image.open(FERN_IMAGE).convert("RGB"), dtype=np.float32) / 255.0)
+    return F.interpolate(image.permute(2, 0, 1)[None, :, :376], size=(96, 128), mode="area")
 
 
 # ---- tiny random SD x4 upscaler -----------------------------------------------------------------
@@ -163,7 +182,9 @@ def test_bicubic_backend() -> None:
 
 
 def test_make_backend_names() -> None:
-    assert BACKEND_NAMES == ("sd-x4-upscaler", "sd-x4-upscaler-random", "tiny-random", "bicubic", "compact", "auto")
+    assert BACKEND_NAMES == (
+        "sd-x4-upscaler", "sd-x4-upscaler-random", "tiny-random", "bicubic", "compact", "realesrgan", "auto"
+    )
     with pytest.raises(ValueError) as error:
         make_backend("stablesr", device="cpu")
     for name in BACKEND_NAMES:
@@ -276,3 +297,96 @@ def test_from_pretrained_encodes_the_prompt_with_the_text_encoder(tiny: SDUpscal
         str(tmp_path), device="cpu", prompt="blurry", negative_prompt="blurry", guidance_scale=4.0
     )
     assert not same_prompts.uses_cfg
+
+
+# ---- tiling for memory at any size ----------------------------------------------------------------
+
+
+def _correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.flatten() - a.mean(), b.flatten() - b.mean()
+    return float((a * b).sum() / (a.norm() * b.norm()))
+
+
+def test_sd_vae_tiles_above_the_tile_size(fern: torch.Tensor) -> None:
+    """diffusers' AutoencoderKL tiling, with the tile size set by the backend. With random weights each tile's
+    GroupNorm / attention statistics differ from the whole image's, so tiled and untiled outputs agree only
+    loosely here (a trained VAE is far closer); the exact check is that the first tile's kept block is that
+    tile's own decode, i.e. sample and latent tile sizes are consistent."""
+    assert DEFAULT_VAE_TILE_SIZE < 1512  # LLFF's 2016x1512 HR encodes and decodes in tiles by default
+    smooth = F.avg_pool2d(F.pad(fern, (4, 4, 4, 4), mode="replicate"), 9, stride=1)  # 96x128
+    backend = build_random_sd_x4_upscaler(device="cpu", seed=0, tiny=True, vae_tile_size=None)
+    calls: list[tuple[str, tuple[int, ...]]] = []
+    def record(name: str):
+        return lambda module, args: calls.append((name, tuple(args[0].shape[-2:])))
+
+    hooks = [module.register_forward_pre_hook(record(name))
+             for name, module in (("encoder", backend.vae.encoder), ("decoder", backend.vae.decoder))]
+    try:
+        latents = backend.encode(smooth)
+        images = backend.decode(latents)
+        assert calls == [("encoder", (96, 128)), ("decoder", (24, 32))]
+        calls.clear()
+        backend.set_vae_tiling(64)
+        tiled_latents, tiled_images = backend.encode(smooth), backend.decode(latents)
+        assert [name for name, _ in calls] == ["encoder"] * 6 + ["decoder"] * 6  # 2 x 3 overlapping tiles each
+        assert max(max(size) for name, size in calls if name == "encoder") == 64
+        assert max(max(size) for name, size in calls if name == "decoder") == 16
+        calls.clear()
+        backend.encode(smooth[..., :64, :64])  # not above the tile size: one pass
+        assert calls == [("encoder", (64, 64))]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert tiled_latents.shape == latents.shape and tiled_images.shape == images.shape
+    first_tile = backend.vae.decode(latents[..., :16, :16] / backend.scaling_factor).sample
+    torch.testing.assert_close(tiled_images[..., :48, :48], ((first_tile + 1) / 2).clamp(0, 1)[..., :48, :48])
+    assert _correlation(tiled_latents, latents) > 0.7 and _correlation(tiled_images, images) > 0.5
+    odd = backend.decode(torch.randn(1, 4, 21, 37, generator=_gen(11)))  # sizes off the tile grid
+    assert odd.shape == (1, 3, 84, 148)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        backend.set_vae_tiling(100)
+    backend.set_vae_tiling(None)
+    assert not backend.vae.use_tiling and backend.vae_tile_size is None
+
+
+def test_compact_tiles_agree_with_untiled_and_leave_no_seams(fern: torch.Tensor) -> None:
+    """Tiled denoising on the tiny config (random weights) on a real image, at 3DSR's last timestep (249)."""
+    config = compact.tiny_config()
+    unet = compact.build_unet(config, seed=0)
+    lr = F.interpolate(fern, scale_factor=0.25, mode="area")
+    untiled = compact.CompactSRBackend(unet, config, device="cpu", tile_size=None)
+    x_t = untiled.encode(fern) * 0.6 + 0.8 * torch.randn(fern.shape, generator=_gen(12))
+    reference = untiled.predict_x0(x_t, 249, lr)
+
+    def error(overlap: int) -> tuple[torch.Tensor, float]:
+        tiled = compact.CompactSRBackend(unet, config, device="cpu", tile_size=64, tile_overlap=overlap)
+        difference = tiled.predict_x0(x_t, 249, lr) - reference
+        steps = max(float(difference.diff(dim=-1).abs().max()), float(difference.diff(dim=-2).abs().max()))
+        return difference, steps
+
+    assert compact.tile_starts(128, 64, 16) == [0, 32, 64] and compact.tile_starts(96, 64, 16) == [0, 32]
+    blended, blended_steps = error(16)
+    _, cut_steps = error(0)  # tiles butted together, no blending: a visible seam
+    assert float(blended.abs().mean()) < 0.005 and float(blended.abs().max()) < 0.05
+    assert blended_steps < 0.5 * cut_steps  # the blend removes the jump at the tile edges
+    with pytest.raises(ValueError, match="multiple of 2"):
+        compact.CompactSRBackend(unet, config, device="cpu", tile_size=63)
+
+
+def test_check_lr_size(tiny: SDUpscalerBackend) -> None:
+    backends = [tiny, make_backend("bicubic", device="cpu")]
+    config = compact.tiny_config()
+    backends.append(compact.CompactSRBackend(compact.build_unet(config), config, device="cpu"))
+    for backend in backends:
+        backend.check_lr_size(1, 1)  # every backend takes any size from 1 px
+        backend.check_lr_size(378, 504)
+        with pytest.raises(ValueError) as error:
+            backend.check_lr_size(0, 10)
+        message = str(error.value)
+        assert "\n" not in message and backend.name in message and "at least 1x1" in message and "10x0" in message
+        with pytest.raises(ValueError, match="two integers"):
+            backend.check_lr_size(94.5, 126)
+    # What the check promises: those sizes really run.
+    x0 = tiny.predict_x0(torch.randn(1, 4, 1, 3), 500, torch.rand(1, 3, 1, 3))
+    assert tiny.decode(x0).shape == (1, 3, 4, 12)
+    assert backends[2].predict_x0(torch.randn(1, 3, 4, 4), 500, torch.rand(1, 3, 1, 1)).shape == (1, 3, 4, 4)

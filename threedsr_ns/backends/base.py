@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from numbers import Integral
 
 import torch
 
@@ -43,6 +44,10 @@ class SRBackend(ABC):
     """1D float32 (CPU) tensor, one entry per training timestep."""
     batch_size: int
     device: torch.device
+    min_lr_size: int = 1
+    """Smallest LR side (pixels) this backend takes. Every backend here takes any size from 1 px up: the UNets and
+    RRDBNet pad or upsample to exact sizes, the SD x4 latents are on the LR grid (HR = 4 x LR is always a
+    multiple of the VAE factor), and tiling only starts above the tile size."""
 
     @property
     def num_train_timesteps(self) -> int:
@@ -55,6 +60,20 @@ class SRBackend(ABC):
                 f"SR backend '{self.name}' produces x{self.scale} only, but an upscale factor of {scale} was "
                 f"asked for; pass --pipeline.upscale-factor {self.scale} or choose "
                 "--pipeline.sr-backend bicubic"
+            )
+
+    def check_lr_size(self, height: int, width: int) -> None:
+        """Raise a one-line ValueError saying how to fix it when LR images of height x width cannot be processed.
+
+        The pipeline calls this before the warm-up, with the LR size of the training images.
+        """
+        if not all(isinstance(side, Integral) and not isinstance(side, bool) for side in (height, width)):
+            raise ValueError(f"LR size must be two integers (height, width), got {height!r} x {width!r}")
+        if min(height, width) < self.min_lr_size:
+            raise ValueError(
+                f"SR backend '{self.name}' needs LR images of at least {self.min_lr_size}x{self.min_lr_size} pixels, "
+                f"got {width}x{height} (width x height); prepare the data at a higher resolution (e.g. "
+                "scripts/prepare_llff.py --gt-width) so that the LR images are at least that large"
             )
 
     @abstractmethod

@@ -15,6 +15,9 @@ What the model is
   last clean estimate is taken at a noise std of 0.056 (in [-1, 1]), below the detail amplitude, so the
   samples keep invented detail instead of regressing to the blurry posterior mean.
 - HR sizes that are not a multiple of the UNet's 2**(levels - 1) are padded (reflect) and cropped back.
+- HR images larger than `tile_size` (default 512 px, either side) are denoised on overlapping tiles of
+  the noisy image and the (full-image) bicubic conditioning, blended with linear ramps over `tile_overlap`
+  pixels, so memory stays bounded at any size (`tiled_unet_output`).
 
 Where the weights come from
 - `CompactSRBackend.from_package()`: the folder `threedsr_ns/weights/compact_sr_x4/` shipped in the
@@ -53,6 +56,11 @@ TRAIN_COMMAND = (
     "python scripts/train_sr_prior.py export --checkpoint outputs/compact_sr_x4"
 )
 """The commands that train and install the package weights (see the script's docstring for the GPU runs)."""
+
+DEFAULT_TILE_SIZE = 512
+"""HR pixels per denoising tile side; larger images are denoised in overlapping tiles."""
+DEFAULT_TILE_OVERLAP = 64
+"""HR pixels shared by neighbouring tiles, blended with linear ramps."""
 
 ScheduleName = Literal["logsnr_linear", "linear", "scaled_linear", "cosine"]
 
@@ -236,6 +244,60 @@ def unet_output(
     return output[..., :height, :width]
 
 
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Origins of the fewest tiles of `tile` pixels that cover [0, size) with neighbours sharing at least
+    `overlap` pixels, spread evenly (first at 0, last at size - tile)."""
+    if size <= tile:
+        return [0]
+    count = math.ceil((size - overlap) / (tile - overlap))
+    return [round(i * (size - tile) / (count - 1)) for i in range(count)]
+
+
+def _ramp(length: int, overlap: int, blend_start: bool, blend_end: bool) -> torch.Tensor:
+    """1D blending weights of one tile: rising over `overlap` pixels at a shared start, falling at a shared end."""
+    weight = torch.ones(length)
+    if overlap > 0:
+        rise = (torch.arange(overlap, dtype=torch.float32) + 1.0) / (overlap + 1.0)
+        if blend_start:
+            weight[:overlap] = torch.minimum(weight[:overlap], rise)
+        if blend_end:
+            weight[-overlap:] = torch.minimum(weight[-overlap:], rise.flip(0))
+    return weight
+
+
+def tiled_unet_output(
+    unet: UNet2DModel,
+    x_t: torch.Tensor,
+    timesteps: torch.Tensor,
+    condition: torch.Tensor,
+    multiple: int,
+    tile_size: int,
+    overlap: int,
+) -> torch.Tensor:
+    """`unet_output` computed on overlapping tile_size x tile_size tiles, blended (float32 result).
+
+    Each tile's output is weighted by a separable ramp that rises over the `overlap` pixels it shares with a
+    neighbour (1 at the image border), and the weighted outputs are normalised by the summed weights.
+    """
+    height, width = x_t.shape[-2:]
+    ys, xs = tile_starts(height, tile_size, overlap), tile_starts(width, tile_size, overlap)
+    if len(ys) == 1 and len(xs) == 1:
+        return unet_output(unet, x_t, timesteps, condition, multiple).float()
+    total = torch.zeros(x_t.shape[0], 3, height, width, device=x_t.device, dtype=torch.float32)
+    weights = torch.zeros(height, width, device=x_t.device, dtype=torch.float32)
+    for y in ys:
+        th = min(tile_size, height - y)
+        wy = _ramp(th, overlap, y > 0, y + th < height)
+        for x in xs:
+            tw = min(tile_size, width - x)
+            w = (wy[:, None] * _ramp(tw, overlap, x > 0, x + tw < width)[None, :]).to(x_t.device)
+            window = (..., slice(y, y + th), slice(x, x + tw))
+            out = unet_output(unet, x_t[window], timesteps, condition[window], multiple).float()
+            total[window] += out * w
+            weights[window] += w
+    return total / weights
+
+
 # ---- folders ------------------------------------------------------------------------------------------
 
 
@@ -320,8 +382,19 @@ class CompactSRBackend(SRBackend):
         batch_size: int = 1,
         seed: int = 0,
         source: str = "",
+        tile_size: int | None = DEFAULT_TILE_SIZE,
+        tile_overlap: int = DEFAULT_TILE_OVERLAP,
     ) -> None:
-        """Wrap a UNet; use `from_package` or `from_folder` to load trained weights."""
+        """Wrap a UNet; use `from_package` or `from_folder` to load trained weights. tile_size (HR pixels, a
+        multiple of config.size_multiple; None or 0: never tile) and tile_overlap: see `tiled_unet_output`."""
+        if tile_size:
+            if tile_size % config.size_multiple or not 0 <= tile_overlap <= tile_size // 2:
+                raise ValueError(
+                    f"tile_size must be a multiple of {config.size_multiple} and tile_overlap in [0, tile_size / 2], "
+                    f"got tile_size {tile_size}, tile_overlap {tile_overlap}"
+                )
+        self.tile_size = tile_size or None
+        self.tile_overlap = tile_overlap
         self.config = config
         self.scale = config.scale
         self.prediction_type = config.prediction_type
@@ -345,10 +418,13 @@ class CompactSRBackend(SRBackend):
         *,
         batch_size: int = 1,
         seed: int = 0,
+        tile_size: int | None = DEFAULT_TILE_SIZE,
+        tile_overlap: int = DEFAULT_TILE_OVERLAP,
     ) -> CompactSRBackend:
         """Load config.json + model.safetensors from `path` (no network)."""
         unet, config = load_unet(path)
-        return cls(unet, config, device=device, dtype=dtype, batch_size=batch_size, seed=seed, source=str(path))
+        return cls(unet, config, device=device, dtype=dtype, batch_size=batch_size, seed=seed, source=str(path),
+                   tile_size=tile_size, tile_overlap=tile_overlap)
 
     @classmethod
     def from_package(
@@ -358,9 +434,12 @@ class CompactSRBackend(SRBackend):
         *,
         batch_size: int = 1,
         seed: int = 0,
+        tile_size: int | None = DEFAULT_TILE_SIZE,
+        tile_overlap: int = DEFAULT_TILE_OVERLAP,
     ) -> CompactSRBackend:
         """Load the weights shipped in the package (threedsr_ns/weights/compact_sr_x4/)."""
-        return cls.from_folder(PACKAGE_WEIGHTS_DIR, device, dtype, batch_size=batch_size, seed=seed)
+        return cls.from_folder(PACKAGE_WEIGHTS_DIR, device, dtype, batch_size=batch_size, seed=seed,
+                               tile_size=tile_size, tile_overlap=tile_overlap)
 
     # ---- SRBackend ----------------------------------------------------------------------------------
 
@@ -413,9 +492,13 @@ class CompactSRBackend(SRBackend):
         x_t = x_t.to(device=self.device, dtype=torch.float32)
         timesteps = timesteps.to(self.device)
         condition = lr_condition(lr_images.to(self.device), self.scale)
-        output = unet_output(
-            self.unet, x_t.to(self.dtype), timesteps, condition.to(self.dtype), self.config.size_multiple
-        ).float()
+        if self.tile_size:
+            output = tiled_unet_output(self.unet, x_t.to(self.dtype), timesteps, condition.to(self.dtype),
+                                       self.config.size_multiple, self.tile_size, self.tile_overlap)
+        else:
+            output = unet_output(
+                self.unet, x_t.to(self.dtype), timesteps, condition.to(self.dtype), self.config.size_multiple
+            ).float()
         return model_output_to_x0(output, x_t, timesteps, self.alphas_cumprod, self.prediction_type)
 
 
@@ -434,6 +517,8 @@ __all__ = [
     "is_compact_folder",
     "lr_condition",
     "load_unet",
+    "tile_starts",
+    "tiled_unet_output",
     "save_folder",
     "save_weights",
     "tiny_config",

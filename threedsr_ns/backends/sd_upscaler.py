@@ -10,6 +10,9 @@ What the pipeline does, and what is kept here (diffusers' pipeline_stable_diffus
   runs only when guidance_scale > 1 and the prompt differs from the negative prompt.
 - The VAE stays in float32 when the UNet runs in float16 (its decoder overflows in half precision;
   the pipeline upcasts it too).
+- HR images larger than `vae_tile_size` (default 512 px, either side) are encoded and decoded with
+  diffusers' own AutoencoderKL tiling (overlapping tiles, 25% blended overlap), so memory does not
+  grow with the image (2016x1512 decodes in 6x4 tiles); the UNet runs on the whole LR grid.
 What is not kept: the pipeline's sampling loop (3DSR drives the sampler itself, see
 threedsr_ns.guidance), its resizing of the LR image to a multiple of 4 (the UNet handles any
 size), and `scale_model_input` (the identity for this model's DDIM scheduler).
@@ -40,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 PROMPT_EMBEDS_FILE = "prompt_embeds.safetensors"
 DEFAULT_NOISE_LEVEL = x4_config.DEFAULT_NOISE_LEVEL
+DEFAULT_VAE_TILE_SIZE = 512
+"""HR pixels per VAE tile side; larger images are encoded / decoded in tiles (None or 0: never)."""
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -76,6 +81,7 @@ class SDUpscalerBackend(SRBackend):
         seed: int,
         name: str,
         random_weights: bool,
+        vae_tile_size: int | None = DEFAULT_VAE_TILE_SIZE,
     ) -> None:
         """Use `from_pretrained`, `from_components` or `build_random_sd_x4_upscaler`."""
         if unet.config.in_channels != vae.config.latent_channels + 3:
@@ -105,6 +111,8 @@ class SDUpscalerBackend(SRBackend):
         self.generator = torch.Generator("cpu").manual_seed(seed)
         self.device = unet.device
         self.dtype = unet.dtype
+        self.vae_tile_size: int | None = None
+        self.set_vae_tiling(vae_tile_size)
 
     # ---- construction -------------------------------------------------------------------------
 
@@ -127,9 +135,10 @@ class SDUpscalerBackend(SRBackend):
         seed: int = 0,
         name: str = "sd-x4-upscaler",
         random_weights: bool = False,
+        vae_tile_size: int | None = DEFAULT_VAE_TILE_SIZE,
     ) -> SDUpscalerBackend:
         """Wrap loaded modules. prompt_embeds: [1, 77, cross_attention_dim] (negative likewise); CFG
-        runs when negative_prompt_embeds is given and guidance_scale > 1."""
+        runs when negative_prompt_embeds is given and guidance_scale > 1. vae_tile_size: see `set_vae_tiling`."""
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or default_dtype(device)
         vae_dtype = torch.float32 if dtype == torch.float16 and vae.config.force_upcast else dtype
@@ -151,6 +160,7 @@ class SDUpscalerBackend(SRBackend):
             seed=seed,
             name=name,
             random_weights=random_weights,
+            vae_tile_size=vae_tile_size,
         )
 
     @classmethod
@@ -167,6 +177,7 @@ class SDUpscalerBackend(SRBackend):
         noise_level: int = DEFAULT_NOISE_LEVEL,
         batch_size: int = 1,
         seed: int = 0,
+        vae_tile_size: int | None = DEFAULT_VAE_TILE_SIZE,
     ) -> SDUpscalerBackend:
         """Load from a hub id (cached or downloaded) or a local folder in diffusers' pipeline layout
         (unet/, vae/, scheduler/, low_res_scheduler/, model_index.json, and text_encoder/ + tokenizer/
@@ -202,7 +213,32 @@ class SDUpscalerBackend(SRBackend):
             max_noise_level=pipeline_config.get("max_noise_level", x4_config.MAX_NOISE_LEVEL),
             batch_size=batch_size,
             seed=seed,
+            vae_tile_size=vae_tile_size,
         )
+
+    def set_vae_tiling(self, tile_size: int | None) -> None:
+        """Encode / decode HR images wider or taller than `tile_size` pixels in overlapping tiles.
+
+        This is diffusers' AutoencoderKL tiling (`enable_tiling`, tiles of `tile_sample_min_size` pixels /
+        `tile_latent_min_size` latents, blended over `tile_overlap_factor` = 25%), with the tile size set
+        here instead of from the VAE config's sample_size. It bounds the VAE's memory at any image size;
+        tile edges are blended, so results differ slightly from an untiled pass (GroupNorm and attention
+        see one tile). None or 0 turns it off.
+        """
+        if not tile_size:
+            self.vae.disable_tiling()
+            self.vae_tile_size = None
+            return
+        step = 4 * self.latent_factor  # the 25% overlap must be a whole number of latents
+        if tile_size < step or tile_size % step:
+            raise ValueError(
+                f"vae_tile_size must be a positive multiple of {step} HR pixels (4 x the VAE factor "
+                f"{self.latent_factor}), got {tile_size}"
+            )
+        self.vae.enable_tiling()
+        self.vae.tile_sample_min_size = tile_size
+        self.vae.tile_latent_min_size = tile_size // self.latent_factor
+        self.vae_tile_size = tile_size
 
     # ---- SRBackend ----------------------------------------------------------------------------
 
@@ -397,6 +433,7 @@ def build_random_sd_x4_upscaler(
     *,
     batch_size: int = 1,
     noise_level: int = DEFAULT_NOISE_LEVEL,
+    vae_tile_size: int | None = DEFAULT_VAE_TILE_SIZE,
 ) -> SDUpscalerBackend:
     """The SD x4 upscaler architecture with random weights (tiny=True: a few-channel version).
 
@@ -433,4 +470,5 @@ def build_random_sd_x4_upscaler(
         seed=seed,
         name=name,
         random_weights=True,
+        vae_tile_size=vae_tile_size,
     )
