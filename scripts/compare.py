@@ -6,6 +6,8 @@
   per-frame-interleaved  ablation: 3dsr's schedule, each step toward the view's own previous SR target, not the render
   realesrgan             Real-ESRGAN x4plus per frame (a real pretrained SR network, deterministic), then 3DGS
   3dsr                   the same backend and sampler, each step guided by the 3D-consistent renders
+  hr-3dgs                the ceiling, not a competitor: the same model trained on the GT train images at GT size for
+                         N0 + K x M iterations from scratch (needs the GT of every view: prepare_llff --gt-views all)
 
 All share the schedule (N0 LR warm-up + K x M HR iterations), the seed, the loss and the densification phases; they
 differ only in where the HR targets come from. The LR warm-up does not depend on the method, so by default it
@@ -52,7 +54,8 @@ METHOD_SETTINGS: Dict[str, Dict[str, str]] = {
     "3dsr": {"mode": "3dsr"},
 }
 """Each method's pipeline settings; the others are shared (a diffusion method's backend is --backend)."""
-METHODS = tuple(METHOD_SETTINGS)
+HR_3DGS = "hr-3dgs"
+METHODS = (*METHOD_SETTINGS, HR_3DGS)
 DEFAULT_METHODS = ("bicubic", "per-frame", "3dsr")
 TABLE_KEYS = ("psnr", "ssim", "lpips_alex", "lpips_vgg", "dists", "detail_consistency", "hf_energy_ratio",
               "hf_energy_ratio_render", "lr_psnr", "wall_s", "peak_gpu_mem_gb")
@@ -72,7 +75,7 @@ class Args:
     phase_iters: int = ThreeDSRPipelineConfig.phase_iters
     """M"""
     methods: Tuple[str, ...] = DEFAULT_METHODS
-    """Any of bicubic, per-frame, per-frame-interleaved, realesrgan, 3dsr."""
+    """Any of bicubic, per-frame, per-frame-interleaved, realesrgan, 3dsr, hr-3dgs."""
     share_warmup: bool = True
     """Train the LR warm-up once (runs/.../warm-up) and start every method from its checkpoint."""
     crop: int = 128
@@ -96,6 +99,11 @@ def train(method: str, args: Args, warmup_checkpoint: Optional[Path] = None) -> 
         setattr(pipeline, name, value)
     if method == "warm-up":
         config.stop_at = args.warmup_iters
+    if method == HR_3DGS:  # no SR at all: the whole run is "warm-up" on the GT-size images, cut before guidance
+        pipeline.datamanager.data = args.data / "transforms_gt.json"
+        total = pipeline.schedule.total_iterations
+        pipeline.warmup_iters, pipeline.denoise_steps, pipeline.phase_iters = total, 1, 1
+        config.stop_at, warmup_checkpoint = total, None
     config.load_checkpoint = warmup_checkpoint
     quiet(config, args.out / "runs", method)
     if torch.cuda.is_available():

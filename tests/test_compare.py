@@ -128,3 +128,22 @@ def test_methods_side_by_side_one_failing_keeps_the_others_scores(tiny_fern: Pat
     scores = json.loads((out / "compare.json").read_text())["methods"]
     assert list(scores) == ["bicubic"] and 5 < scores["bicubic"]["psnr"] < 50
     assert (out / "evaluate_bicubic" / "metrics.json").exists() and not (out / "evaluate_per-frame").exists()
+
+
+def test_hr_3dgs_trains_at_gt_size_from_scratch_and_is_scored_at_gt_size(tiny_fern: Path, tmp_path: Path):
+    """The ceiling: the same model on the GT photos (transforms_gt.json) for N0 + K*M iterations, no warm-up shared."""
+    out = tmp_path / "fern"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--data", str(tiny_fern), "--out", str(out), "--backend", "bicubic",
+         "--warmup-iters", "8", "--denoise-steps", "1", "--phase-iters", "4", "--methods", "hr-3dgs", "--crop", "48",
+         "--no-share-warmup"],
+        capture_output=True, text=True, env=dict(os.environ, CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1"), timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    mean = json.loads((out / "compare.json").read_text())["methods"]["hr-3dgs"]
+    report = json.loads((out / "evaluate_hr-3dgs" / "metrics.json").read_text())
+    assert report["trained_at_gt"] and report["render_size"] == [128, 96] and report["upscale_factor"] == 4
+    assert 5 < mean["psnr"] < 60 and mean["detail_consistency"] is None  # no SR targets to be consistent about
+    config = yaml.load((out / "runs" / "fern" / "3dsr" / "hr-3dgs" / "config.yml").read_text(), Loader=yaml.Loader)
+    assert config.pipeline.datamanager.data.name == "transforms_gt.json" and config.load_checkpoint is None
+    final = sorted((out / "runs" / "fern" / "3dsr" / "hr-3dgs" / "nerfstudio_models").glob("*.ckpt"))[-1]
+    assert final.name == "step-000000011.ckpt"  # N0 + K*M = 12 iterations

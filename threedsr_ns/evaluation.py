@@ -294,8 +294,10 @@ def load_run(config_path: Path, data_dir: Path):
     eval_utils.all_methods.setdefault(threedsr_method.config.method_name, threedsr_method.config)
 
     def relocate(config):
-        config.pipeline.datamanager.data = data_dir
-        config.pipeline.datamanager.dataparser.data = data_dir
+        trained_on = Path(config.pipeline.datamanager.data)  # a folder, or one of its transforms files
+        relocated = data_dir / trained_on.name if trained_on.suffix == ".json" else data_dir
+        config.pipeline.datamanager.data = relocated
+        config.pipeline.datamanager.dataparser.data = relocated
         # an absolute relative_model_dir wins over the stored base dir in get_checkpoint_dir()'s path join
         config.relative_model_dir = config_path.resolve().parent / "nerfstudio_models"
         return config
@@ -464,6 +466,11 @@ def evaluate_train_consistency(model, datamanager, data_dir: Path, neighbours: i
     return views, summary
 
 
+_CONSISTENCY_KEYS = ("detail_consistency", "hf_energy_ratio", "sr_target_detail_correlation", "gt_detail_score",
+                     "render_detail_score", "sr_target_disagreement", "gt_disagreement", "render_disagreement",
+                     "covisible_fraction", "detail_note", "neighbours", "depth_tolerance", "min_accumulation")
+
+
 def evaluate_run(config_path: PathLike, data_dir: PathLike, neighbours: int = DEFAULT_NEIGHBOURS,
                  depth_tolerance: float = DEFAULT_DEPTH_TOLERANCE, geometry: Optional[PathLike] = None) -> Dict:
     """Evaluate a finished 3dsr run against a prepared dataset (see the module docstring); a JSON-ready dict.
@@ -472,12 +479,23 @@ def evaluate_run(config_path: PathLike, data_dir: PathLike, neighbours: int = DE
     check_inputs(config_path, data_dir)
     pipeline, step = load_run(config_path, data_dir)
     dm = pipeline.datamanager
-    if getattr(dm, "upscale_factor", 1) == 1 or getattr(pipeline, "steps_done", 0) == 0:
+    trained_at_gt = Path(dm.config.data).name == "transforms_gt.json"  # compare.py's hr-3dgs: no SR, the ceiling
+    if not trained_at_gt and (getattr(dm, "upscale_factor", 1) == 1 or getattr(pipeline, "steps_done", 0) == 0):
         raise EvaluationError(f"{config_path}: the run's checkpoint (step {step}) is still in the LR warm-up, so it has no "
                            "HR renders or SR targets to evaluate; evaluate a checkpoint after the first denoising step")
-    test_views, notes, render_hf = evaluate_test_views(pipeline.model, dm.eval_dataset, data_dir, int(dm.upscale_factor))
-    train_views, consistency = evaluate_train_consistency(pipeline.model, dm, data_dir, neighbours, depth_tolerance,
-                                                          geometry)
+    scale = int(dm.upscale_factor)
+    if trained_at_gt:
+        with Image.open(gt_file(data_dir, _names(dm.eval_dataset)[0])) as gt, \
+                Image.open(data_dir / "images" / _names(dm.eval_dataset)[0]) as lr:
+            scale = gt.width // lr.width
+    test_views, notes, render_hf = evaluate_test_views(pipeline.model, dm.eval_dataset, data_dir, scale)
+    if trained_at_gt:  # trained on the GT photos: no SR targets whose consistency could be scored
+        train_views, consistency = [], {k: None for k in _CONSISTENCY_KEYS}
+        consistency.update(geometry="none (trained on the GT photos)", neighbours=neighbours,
+                           depth_tolerance=depth_tolerance, min_accumulation=MIN_ACCUMULATION)
+    else:
+        train_views, consistency = evaluate_train_consistency(pipeline.model, dm, data_dir, neighbours, depth_tolerance,
+                                                              geometry)
     split_file = data_dir / "split.json"
     split = json.loads(split_file.read_text()) if split_file.is_file() else {}
     expected = split.get("test")  # the run's test views must be the dataset's (every 8th image)
@@ -488,15 +506,13 @@ def evaluate_run(config_path: PathLike, data_dir: PathLike, neighbours: int = DE
     return {
         "config": str(config_path), "data": str(data_dir), "step": int(step),
         "protocol": split.get("protocol", "small"),
-        "denoise_steps_done": int(pipeline.steps_done), "upscale_factor": int(dm.upscale_factor),
+        "denoise_steps_done": int(pipeline.steps_done), "upscale_factor": scale, "trained_at_gt": trained_at_gt,
         "render_size": [int(cam.width.reshape(-1)[0]), int(cam.height.reshape(-1)[0])],
         "metric_notes": notes,
         "mean": {
             **{k: _mean([v[k] for v in test_views]) for k in keys},
             "hf_energy_ratio_render": _finite(render_hf),
-            **{k: consistency[k] for k in ("detail_consistency", "hf_energy_ratio", "sr_target_detail_correlation",
-                                           "gt_detail_score", "render_detail_score", "sr_target_disagreement",
-                                           "gt_disagreement", "render_disagreement", "covisible_fraction")},
+            **{k: consistency[k] for k in _CONSISTENCY_KEYS[:9]},
         },
         "consistency": consistency,
         "test_views": test_views,
