@@ -309,6 +309,29 @@ def load_run(config_path: Path, data_dir: Path):
     return pipeline, step
 
 
+@lru_cache(maxsize=8)
+def _gt_transforms(data_dir: Path) -> Optional[dict]:
+    path = data_dir / "transforms_gt.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_gt(data_dir: Path, name: str, camera) -> torch.Tensor:
+    """The GT image [H, W, 3] of the view whose LR file is images/<name>, in the frame the run renders it (`camera`:
+    one nerfstudio camera at HR). A distorted capture's GT photo (OPENCV k1, k2, p1, p2 in transforms_gt.json, as
+    scripts/prepare_capture.py writes it) is resampled into that undistorted camera, as nerfstudio undistorts the
+    LR images it trains on; an undistorted dataset's GT is read as it is."""
+    from threedsr_ns.capture import distortion_of, undistort_into
+
+    path = gt_file(data_dir, name)
+    image = read_image(path)
+    meta = _gt_transforms(Path(data_dir))
+    if meta is None or not any(distortion_of(meta)):
+        return image
+    k = tuple(float(meta[key]) for key in ("fl_x", "fl_y", "cx", "cy"))
+    target = tuple(float(getattr(camera, key).reshape(-1)[0]) for key in ("fx", "fy", "cx", "cy", "width", "height"))
+    return undistort_into(image, k, distortion_of(meta), target)
+
+
 def read_image(path: Path) -> torch.Tensor:
     """[H, W, 3] float in [0, 1]."""
     if not path.is_file():
@@ -353,9 +376,9 @@ def evaluate_test_views(model, dataset, data_dir: Path, scale: int) -> Tuple[Lis
 
     renders = render_views(model, dataset.cameras)["rgb"]
     views, notes, gts = [], [], []
-    for name, render in zip(_names(dataset), renders):
+    for index, (name, render) in enumerate(zip(_names(dataset), renders)):
         path = gt_file(data_dir, name)
-        gt = read_image(path)
+        gt = read_gt(data_dir, name, dataset.cameras[index])
         if gt.shape != render.shape:
             raise EvaluationError(f"{path} is {gt.shape[1]}x{gt.shape[0]} but the run renders this view at "
                                   f"{render.shape[1]}x{render.shape[0]}: was the run trained on {data_dir / 'images'}?")
@@ -420,9 +443,8 @@ def evaluate_train_consistency(model, datamanager, data_dir: Path, neighbours: i
     image_sets: Dict[str, Optional[torch.Tensor]] = {"sr_target": None, "gt": None, "render": rendered["rgb"]}
     if datamanager.sr_targets is not None:
         image_sets["sr_target"] = datamanager.sr_targets.float().cpu()
-    gt_files = [gt_file(data_dir, name) for name in names]
-    if all(f.is_file() for f in gt_files):
-        image_sets["gt"] = torch.stack([read_image(f) for f in gt_files])
+    if all(gt_file(data_dir, name).is_file() for name in names):
+        image_sets["gt"] = torch.stack([read_gt(data_dir, name, cameras[i]) for i, name in enumerate(names)])
     gt = image_sets["gt"]
     raw: Dict[str, Optional[ConsistencyResult]] = {}
     detail: Dict[str, Optional[object]] = {}
