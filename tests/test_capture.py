@@ -75,3 +75,39 @@ def test_gt_resampled_into_the_render_frame_matches_nerfstudios_own_undistortion
     down_shifted = downsample_antialiased(shifted.permute(2, 0, 1)[None], (h, w))[0].permute(1, 2, 0).numpy()
     psnr_shifted = 10 * np.log10(1 / np.mean((down_shifted[inner] - ref[inner]) ** 2))
     assert psnr > 33 and psnr > psnr_shifted + 3, (psnr, psnr_shifted)
+
+
+def test_a_distorted_capture_run_is_scored_against_its_photos_in_the_render_frame(small_fox: Path, tmp_path: Path):
+    """prepare_capture -> ns-train 3dsr (tiny) -> evaluate_run: the GT photos (distorted, 268x480) are compared in the
+    run's undistorted x4 frame, and the consistency scores run on the undistorted cameras."""
+    import os
+    import subprocess
+    import sys
+
+    from threedsr_ns.evaluation import evaluate_run
+
+    capture = tmp_path / "capture"
+    (capture / "images").mkdir(parents=True)
+    meta = json.loads((small_fox / "transforms.json").read_text())
+    for f in meta["frames"]:  # 268x480: a size that x4 divides
+        with Image.open(small_fox / f["file_path"]) as image:
+            image.crop((1, 0, 269, 480)).save(capture / f["file_path"])
+    (capture / "transforms.json").write_text(json.dumps(dict(meta, w=268, cx=meta["cx"] - 1)))
+    task = tmp_path / "task"
+    prepare_capture(capture, task, scale=4)  # every 8th view a test view, as 3dsr's dataparser
+    out = tmp_path / "outputs"
+    cmd = [str(Path(sys.executable).with_name("ns-train")), "3dsr", "--data", str(task), "--output-dir", str(out),
+           "--timestamp", "run", "--vis", "tensorboard", "--machine.device-type", "cpu",
+           "--pipeline.sr-backend", "tiny-random", "--pipeline.warmup-iters", "4", "--pipeline.denoise-steps", "1",
+           "--pipeline.phase-iters", "2", "--pipeline.model.random-init", "True", "--pipeline.model.num-random", "300",
+           "--pipeline.save-artifacts", "False", "--steps-per-save", "100000", "--steps-per-eval-image", "100000",
+           "--steps-per-eval-batch", "100000", "--steps-per-eval-all-images", "100000",
+           "--logging.local-writer.enable", "False"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES=""))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = evaluate_run(out / "task" / "3dsr" / "run" / "config.yml", task)
+    w, h = report["render_size"]
+    assert (w, h) != (268, 480) and w % 4 == 0 and h % 4 == 0  # the undistorted, ROI-cropped frame, x4
+    assert 5 < report["mean"]["psnr"] < 60 and 5 < report["mean"]["lr_psnr"] < 60
+    assert report["mean"]["detail_consistency"] is not None and 0 < report["mean"]["covisible_fraction"] <= 1

@@ -85,3 +85,20 @@ def test_sfm_points_seed_the_model_in_the_dataparser_frame(tiny_fern: Path):
     expected = (torch.cat((xyz, torch.ones_like(xyz[:, :1])), -1) @ outputs.dataparser_transform.T) * outputs.dataparser_scale
     assert torch.allclose(outputs.metadata["points3D_xyz"], expected, atol=1e-5)
     assert torch.equal(outputs.metadata["points3D_rgb"], rgb)
+
+
+def test_ns_eval_scores_against_the_gt_at_hr_when_the_dataset_has_it(tiny_fern: Path, tmp_path: Path):
+    from threedsr_ns.evaluation import read_image
+
+    dm = ThreeDSRDataManagerConfig(data=tiny_fern).setup(device="cpu", test_mode="test")
+    dm.enter_hr(4)
+    assert dm.eval_has_gt
+    for f, data in zip(dm.eval_dataset.image_filenames, dm.cached_eval):
+        gt = read_image(tiny_fern / "gt" / Path(f).name)
+        assert data["image"].shape == (96, 128, 3) and torch.allclose(data["image"].float() / 255, gt, atol=1 / 255)
+    no_gt = tmp_path / "fern"
+    shutil.copytree(tiny_fern, no_gt)
+    (no_gt / "transforms_gt.json").unlink()
+    dm = ThreeDSRDataManagerConfig(data=no_gt).setup(device="cpu", test_mode="test")
+    dm.enter_hr(4)
+    assert not dm.eval_has_gt and dm.cached_eval[0]["image"].shape == (24, 32, 3)  # LR fidelity, said in one line

@@ -215,6 +215,7 @@ def test_a_run_loads_without_the_installed_entry_point(tiny_run: Path, tiny_fern
     monkeypatch.setattr(eval_utils, "all_methods", {})
     pipeline, step = load_run(tiny_run, tiny_fern)
     assert step > 0 and pipeline.model.num_points > 0
+    assert eval_utils.all_methods == {}  # nothing was written into nerfstudio's registry
 
 
 def test_a_scene_with_gt_for_the_test_views_only_is_scored_without_the_gt_reference(tiny_run: Path, tmp_path: Path):
@@ -288,7 +289,8 @@ def test_a_run_still_in_its_lr_warm_up_is_refused(tmp_path: Path, tiny_fern: Pat
     (tmp_path / "config.yml").write_text("")
     (tmp_path / "nerfstudio_models").mkdir()
     (tmp_path / "nerfstudio_models" / "step-000000010.ckpt").write_bytes(b"")
-    warm_up = SimpleNamespace(steps_done=0, datamanager=SimpleNamespace(upscale_factor=1))
+    warm_up = SimpleNamespace(steps_done=0, datamanager=SimpleNamespace(upscale_factor=1,
+                                                                        config=SimpleNamespace(data=tiny_fern)))
     monkeypatch.setattr(evaluation, "load_run", lambda config, data: (warm_up, 10))
     with pytest.raises(EvaluationError, match="still in the LR warm-up"):
         evaluate_run(tmp_path / "config.yml", tiny_fern)

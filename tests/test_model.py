@@ -1,27 +1,40 @@
-"""The 3DSR model on the CPU: splatfacto + the LR subsampling loss, phase handling, offline metrics."""
+"""The 3DSR model on the CPU: splatfacto + the LR subsampling loss, phase handling, offline metrics, and no
+process-wide patching on the way."""
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 
+import gsplat.rendering
+import nerfstudio.models.splatfacto as splatfacto
 import pytest
 import torch
+import torchmetrics.image.lpip
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.scene_box import SceneBox
 
+from threedsr_ns import perceptual
 from threedsr_ns.losses import lr_subsampling_loss
-from threedsr_ns.model import ThreeDSRModelConfig, _LpipsUnavailable
+from threedsr_ns.model import ThreeDSRModelConfig
+
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path of the model")
+
+
+def make_model(**options):
+    torch.manual_seed(0)
+    config = ThreeDSRModelConfig(**{"random_init": False, "sh_degree": 1,
+                                    **options})
+    seed = (torch.rand(500, 3) - 0.5, torch.randint(0, 256, (500, 3)).float())
+    model = config.setup(scene_box=SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=2,
+                         metadata={}, seed_points=seed, device="cpu")
+    model.step_cb(SimpleNamespace(optimizers={}), 0)
+    return model
 
 
 @pytest.fixture
-def model(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # no AlexNet weights on disk
-    torch.manual_seed(0)
-    config = ThreeDSRModelConfig(random_init=True, num_random=400, random_scale=1.5, sh_degree=1)
-    model = config.setup(scene_box=SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=2,
-                         metadata={}, device="cpu")
-    model.step_cb(SimpleNamespace(optimizers={}), 0)
-    return model
+def model():
+    return make_model()
 
 
 def camera(width: int, height: int) -> Cameras:
@@ -45,13 +58,66 @@ def test_lr_loss_is_added_only_when_the_batch_has_the_lr_image(model):
     assert model.gauss_params["means"].grad.abs().sum() > 0  # it trains the Gaussians
 
 
-def test_hr_render_is_scored_against_lr_images_and_lpips_is_skipped_offline(model):
-    assert isinstance(model.lpips, _LpipsUnavailable)
+def test_hr_render_is_scored_against_lr_images_under_lr_names_with_real_lpips(model):
+    assert not model.lpips.unavailable and not any("lpips" in k for k in model.state_dict())
     model.eval()
-    outputs = model.get_outputs_for_camera(camera(64, 48))
-    metrics, images = model.get_image_metrics_and_images(outputs, {"image": torch.rand(12, 16, 3)})
-    assert set(metrics) == {"psnr", "ssim"}  # no fake LPIPS
-    assert 0 < metrics["psnr"] < 60
+    outputs = model.get_outputs_for_camera(camera(160, 128))
+    metrics, _ = model.get_image_metrics_and_images(outputs, {"image": torch.rand(32, 40, 3)})
+    assert set(metrics) == {"lr_psnr", "lr_ssim", "lr_lpips", "lr_downsample_factor"}
+    assert metrics["lr_downsample_factor"] == 4.0 and 0 < metrics["lr_psnr"] < 60 and 0 < metrics["lr_lpips"] < 1
+    same_size, _ = model.get_image_metrics_and_images(outputs, {"image": outputs["rgb"].clone()})
+    assert set(same_size) == {"psnr", "ssim", "lpips"} and same_size["psnr"] > 60 and same_size["lpips"] < 1e-3
+    # images below AlexNet's 31 px (the tests' tiny LLFF): LPIPS dropped, not faked
+    tiny, _ = model.get_image_metrics_and_images(outputs, {"image": torch.rand(16, 20, 3)})
+    assert set(tiny) == {"lr_psnr", "lr_ssim", "lr_downsample_factor"} and tiny["lr_downsample_factor"] == 8.0
+
+
+def test_lpips_is_dropped_not_faked_when_its_weights_are_missing(monkeypatch):
+    monkeypatch.setattr(perceptual, "weights_available", lambda *a, **k: (False, "lpips_alex skipped: no weights"))
+    model = make_model()
+    model.eval()
+    metrics, _ = model.get_image_metrics_and_images(model.get_outputs_for_camera(camera(16, 12)),
+                                                    {"image": torch.rand(12, 16, 3)})
+    assert model.lpips.unavailable and set(metrics) == {"psnr", "ssim"}
+
+
+def test_cpu_forward_and_backward_patch_nothing_process_wide(model):
+    """The reference rasterizer and the no-op `.cuda()` reach splatfacto's code through the model only: while it
+    renders, torch.Tensor.cuda and splatfacto's module-level rasterization are the originals, and another thread's
+    `.cuda()` still fails as it must on a machine without CUDA."""
+    originals = (torch.Tensor.cuda, splatfacto.rasterization, torchmetrics.image.lpip.LearnedPerceptualImagePatchSimilarity)
+    assert splatfacto.rasterization is gsplat.rendering.rasterization
+    seen = {}
+
+    def during_forward(*args, **kwargs):  # splatfacto calls this between rasterization and the loss
+        seen["globals"] = (torch.Tensor.cuda, splatfacto.rasterization,
+                           torchmetrics.image.lpip.LearnedPerceptualImagePatchSimilarity)
+        seen["same_thread_cuda"] = torch.zeros(1).cuda().device.type  # the model's own thread: kept on the CPU
+
+        def other_thread():
+            try:
+                torch.zeros(1).cuda()
+                seen["other_thread"] = "moved"
+            except (RuntimeError, AssertionError):
+                seen["other_thread"] = "raised"
+
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+
+    model.strategy.step_pre_backward = during_forward
+    outputs = model.get_outputs(camera(32, 24))
+    outputs["rgb"].mean().backward()
+    assert seen == {"globals": originals, "same_thread_cuda": "cpu", "other_thread": "raised"}
+    assert model.gauss_params["means"].grad.abs().sum() > 0
+    assert (torch.Tensor.cuda, splatfacto.rasterization,
+            torchmetrics.image.lpip.LearnedPerceptualImagePatchSimilarity) == originals
+
+
+def test_seed_points_are_kept_and_capped(model):
+    assert model.num_points == 500  # the SfM points, colours via splatfacto's `.cuda()` kept on the CPU
+    capped = make_model(max_seed_points=120)
+    assert capped.num_points == 120
 
 
 def test_coarse_to_fine_start_never_goes_below_the_minimum_side(model):

@@ -83,5 +83,26 @@ def test_guidance_callback_catches_up_after_a_resume(tiny_fern: Path):
     restored = make_pipeline(tiny_fern, sr_backend="bicubic")
     restored.set_extra_state(state)
     assert restored.steps_done == 2 and restored.datamanager.upscale_factor == 4
-    assert torch.equal(restored.datamanager.sr_targets, pipeline.datamanager.sr_targets)
+    # checkpoints keep the SR targets as uint8: the resumed targets are their 8-bit quantisation, nothing else
+    assert state["sr_targets_uint8"].dtype == torch.uint8 and "sr_targets" not in state
+    quantised = (pipeline.datamanager.sr_targets * 255).round() / 255
+    assert torch.allclose(restored.datamanager.sr_targets, quantised, atol=1e-6)
+    assert not torch.equal(restored.datamanager.sr_targets, pipeline.datamanager.sr_targets)  # really quantised
     assert restored.model.strategy.phase_start == 15
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_noise_start_latents_are_drawn_on_the_pipeline_device_and_run_a_full_step(tiny_fern: Path, device: str):
+    settings = dict(sr_backend="tiny-random", warmup_iters=10, denoise_steps=2, phase_iters=5, save_artifacts=False,
+                    start_latents="noise")
+    config = ThreeDSRPipelineConfig(**settings)
+    config.datamanager.data = tiny_fern
+    config.model.random_init, config.model.num_random = True, 300
+    pipeline = config.setup(device=device, test_mode="val")
+    pipeline.run_guidance_step(1, step=10)
+    assert pipeline.latents.device == torch.device(pipeline.device) == pipeline.datamanager.sr_targets.device
+    assert pipeline.latents.shape == (17, 4, 24, 32) and torch.isfinite(pipeline.latents).all()
+    assert pipeline.datamanager.sr_targets.shape == (17, 96, 128, 3)
+    pipeline.run_guidance_step(2, step=15)  # the posterior step from noise start latents
+    assert pipeline.steps_done == 2 and torch.isfinite(pipeline.datamanager.sr_targets).all()

@@ -1,4 +1,4 @@
-"""The `3dsr` method: `ns-train 3dsr --data scene`.
+"""The `3dsr` method: `ns-train 3dsr --data scene`, and `3dsr-preview`, a short run that a CPU finishes.
 
 Splatfacto's optimisers and trainer settings, the 3DSR pipeline, and an iteration count that follows from
 the phase settings (N0 + K*M; paper: 30000 + 4*5000).
@@ -12,15 +12,12 @@ from typing import Optional, Type
 import torch
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
-from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.plugins.types import MethodSpecification
+from nerfstudio.utils.rich_utils import CONSOLE
 
-from threedsr_ns.checkpoints import allow_numpy_scalars_in_checkpoints
+from threedsr_ns.checkpoints import FloatExponentialDecaySchedulerConfig, legacy_numpy_scalars
 from threedsr_ns.pipeline import ThreeDSRPipelineConfig
-
-# every nerfstudio command that loads a 3dsr checkpoint imports this module first (the method entry point)
-allow_numpy_scalars_in_checkpoints()
 
 
 class ThreeDSRTrainer(Trainer):
@@ -33,8 +30,14 @@ class ThreeDSRTrainer(Trainer):
         config.max_num_iterations = config.pipeline.schedule.total_iterations
         super().__init__(config, local_rank, world_size)
 
+    def setup(self, test_mode="val") -> None:
+        super().setup(test_mode)
+        if self.device == "cpu" and not torch.cuda.is_available() and self.config.method_name == "3dsr":
+            CONSOLE.log(cpu_time_estimate(self.config.pipeline, self.pipeline.datamanager.lr_size))
+
     def _load_checkpoint(self) -> None:
-        super()._load_checkpoint()
+        with legacy_numpy_scalars():  # a run resumed from a checkpoint written before the float schedules
+            super()._load_checkpoint()
         self._point_optimizers_at_loaded_parameters()
 
     def _point_optimizers_at_loaded_parameters(self) -> None:
@@ -81,8 +84,9 @@ def _splatfacto_optimizers() -> dict:
     def adam(lr: float) -> AdamOptimizerConfig:
         return AdamOptimizerConfig(lr=lr, eps=1e-15)
 
+    # nerfstudio's ExponentialDecaySchedulerConfig with float rates: checkpoints load with weights_only=True
     return {
-        "means": {"optimizer": adam(1.6e-4), "scheduler": ExponentialDecaySchedulerConfig(lr_final=1.6e-6, max_steps=30000)},
+        "means": {"optimizer": adam(1.6e-4), "scheduler": FloatExponentialDecaySchedulerConfig(lr_final=1.6e-6, max_steps=30000)},
         "features_dc": {"optimizer": adam(0.0025), "scheduler": None},
         "features_rest": {"optimizer": adam(0.0025 / 20), "scheduler": None},
         "opacities": {"optimizer": adam(0.05), "scheduler": None},
@@ -90,7 +94,7 @@ def _splatfacto_optimizers() -> dict:
         "quats": {"optimizer": adam(0.001), "scheduler": None},
         "camera_opt": {
             "optimizer": adam(1e-4),
-            "scheduler": ExponentialDecaySchedulerConfig(lr_final=5e-7, max_steps=30000, warmup_steps=1000, lr_pre_warmup=0),
+            "scheduler": FloatExponentialDecaySchedulerConfig(lr_final=5e-7, max_steps=30000, warmup_steps=1000, lr_pre_warmup=0),
         },
     }
 
@@ -116,4 +120,45 @@ def threedsr_trainer_config() -> ThreeDSRTrainerConfig:
 threedsr_method = MethodSpecification(
     config=threedsr_trainer_config(),
     description="3DSR (ICCV 2025): 3D-consistent diffusion super-resolution alternated with Gaussian splatting",
+)
+
+
+CPU_MS_PER_MEGAPIXEL = 180_000.0
+"""Typical ms per training iteration per megapixel of the training image on the CPU rasterizer, measured on 2
+shared CPU cores with LLFF fern's 10k SfM points (2.1 s at 126x94, 48 s at 504x376): the start-up estimate."""
+
+
+def cpu_time_estimate(pipeline: ThreeDSRPipelineConfig, lr_size) -> str:
+    """One line: how long this schedule takes on the CPU rasterizer, and that 3dsr-preview exists."""
+    (h, w), s, schedule = lr_size, pipeline.upscale_factor, pipeline.schedule
+    hr_iters = schedule.total_iterations - schedule.warmup_iters
+    lr_ms, hr_ms = (CPU_MS_PER_MEGAPIXEL * h * w * f * f / 1e6 for f in (1, s))
+    hours = (schedule.warmup_iters * lr_ms + hr_iters * hr_ms) / 3.6e6
+    return (f"[bold]3dsr[/bold] without CUDA: {schedule.total_iterations} iterations ({schedule.warmup_iters} at {w}x{h}, "
+            f"{hr_iters} at {s * w}x{s * h}; ~{lr_ms:.0f} / {hr_ms:.0f} ms each on 2 CPU cores) take about {hours:.0f} h; "
+            f"`ns-train 3dsr-preview` runs the same method on a short schedule (8.4 min for LLFF fern at 126x94 on 2 CPU cores)")
+
+
+def threedsr_preview_trainer_config() -> ThreeDSRTrainerConfig:
+    """3dsr on a short schedule with small sizes, to see real SR targets from the shipped compact prior on a
+    CPU in minutes: every option can still be changed on the command line."""
+    config = threedsr_trainer_config()
+    pipeline = config.pipeline
+    config.method_name = "3dsr-preview"
+    pipeline.warmup_iters, pipeline.denoise_steps, pipeline.phase_iters = 300, 4, 10
+    pipeline.sr_backend = "compact"
+    pipeline.guidance_batch_size = 4
+    model = pipeline.model
+    # 2000 of the SfM points and no densification: on the CPU rasterizer an iteration costs in proportion to the
+    # Gaussians (densifying fern's warm-up took it from ~1 s to 10-18 s per iteration)
+    model.max_seed_points, model.sh_degree = 2000, 1
+    model.stop_split_at, model.hr_densify_fraction = 0, 0.0
+    config.max_num_iterations = pipeline.schedule.total_iterations
+    config.steps_per_eval_image, config.steps_per_save, config.steps_per_eval_all_images = 100000, 1000, 100000
+    return config
+
+
+threedsr_preview_method = MethodSpecification(
+    config=threedsr_preview_trainer_config(),
+    description="3dsr on a short schedule with the shipped compact prior: real SR targets on a CPU in ~10 minutes",
 )

@@ -127,13 +127,17 @@ class PinholeCameras:
     height: torch.Tensor
 
     @classmethod
-    def from_nerfstudio(cls, cameras) -> "PinholeCameras":
+    def from_nerfstudio(cls, cameras, images_undistorted: bool = False) -> "PinholeCameras":
+        """images_undistorted: the cameras of a datamanager whose image cache has undistorted the images (nerfstudio
+        then rewrites fx, fy, cx, cy, width and height for the undistorted frame but leaves distortion_params as they
+        were; splatfacto renders them as pinholes): their distortion is ignored."""
         from nerfstudio.cameras.cameras import CameraType
 
         types = cameras.camera_type.reshape(-1)
         if (types != CameraType.PERSPECTIVE.value).any():
             raise ValueError("multiview_consistency supports perspective cameras only")
-        if cameras.distortion_params is not None and cameras.distortion_params.abs().max() > 0:
+        distorted = cameras.distortion_params is not None and cameras.distortion_params.abs().max() > 0
+        if distorted and not images_undistorted:
             raise ValueError("multiview_consistency supports undistorted pinhole cameras only")
         def flat(values: torch.Tensor) -> torch.Tensor:  # nerfstudio stores intrinsics as [N, 1]
             return values.reshape(-1)
@@ -283,29 +287,30 @@ def check_inputs(config_path: Path, data_dir: Path) -> None:
 
 
 def load_run(config_path: Path, data_dir: Path):
-    """eval_setup the run, reading the dataset from data_dir and the checkpoints from next to config_path
-    (the config stores paths relative to where ns-train ran)."""
-    from nerfstudio.utils import eval_utils
+    """The run's pipeline in test mode with its last checkpoint, reading the dataset from data_dir and the checkpoints
+    from next to config_path (the config stores paths relative to where ns-train ran); (pipeline, step).
 
-    from threedsr_ns.config import threedsr_method
+    nerfstudio's eval_setup would look the method up in its registry of installed methods (a checkout on PYTHONPATH,
+    as scripts run on the GPU machine, has no entry point there); the run's own config.yml already names every
+    _target, so the same steps are taken here with nerfstudio's own loader and nothing is registered."""
+    import yaml
+    from nerfstudio.engine.trainer import TrainerConfig
+    from nerfstudio.utils.eval_utils import eval_load_checkpoint
 
-    # eval_setup looks the method up among nerfstudio's plugin entry points; a checkout that is only on
-    # PYTHONPATH (as scripts run on the GPU machine) registers none, so name this method directly
-    eval_utils.all_methods.setdefault(threedsr_method.config.method_name, threedsr_method.config)
+    from threedsr_ns.checkpoints import legacy_numpy_scalars
 
-    def relocate(config):
-        trained_on = Path(config.pipeline.datamanager.data)  # a folder, or one of its transforms files
-        relocated = data_dir / trained_on.name if trained_on.suffix == ".json" else data_dir
-        config.pipeline.datamanager.data = relocated
-        config.pipeline.datamanager.dataparser.data = relocated
-        # an absolute relative_model_dir wins over the stored base dir in get_checkpoint_dir()'s path join
-        config.relative_model_dir = config_path.resolve().parent / "nerfstudio_models"
-        return config
-
-    # the checkpoint's numpy scalars load because importing threedsr_ns.config (above) allowed them process-wide;
-    # not torch's safe_globals context here: leaving it removes them for the whole process, and a later
-    # --load-dir resume in the same process (scripts/compare.py) could not load
-    _, pipeline, _, step = eval_utils.eval_setup(config_path, test_mode="test", update_config_callback=relocate)
+    config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
+    if not isinstance(config, TrainerConfig):
+        raise EvaluationError(f"{config_path} is not a nerfstudio run's config.yml")
+    trained_on = Path(config.pipeline.datamanager.data)  # a folder, or one of its transforms files
+    relocated = data_dir / trained_on.name if trained_on.suffix == ".json" else data_dir
+    config.pipeline.datamanager.data = relocated
+    config.pipeline.datamanager.dataparser.data = relocated
+    config.load_dir = config_path.resolve().parent / "nerfstudio_models"
+    pipeline = config.pipeline.setup(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"), test_mode="test")
+    pipeline.eval()
+    with legacy_numpy_scalars():  # runs written before 3dsr's checkpoints held only plain floats
+        _, step = eval_load_checkpoint(config, pipeline)
     return pipeline, step
 
 
@@ -330,6 +335,20 @@ def read_gt(data_dir: Path, name: str, camera) -> torch.Tensor:
     k = tuple(float(meta[key]) for key in ("fl_x", "fl_y", "cx", "cy"))
     target = tuple(float(getattr(camera, key).reshape(-1)[0]) for key in ("fx", "fy", "cx", "cy", "width", "height"))
     return undistort_into(image, k, distortion_of(meta), target)
+
+
+def read_lr(data_dir: Path, name: str, camera, scale: int) -> torch.Tensor:
+    """The LR input images/<name> in the frame of the run's renders / scale: as it is for an undistorted dataset,
+    undistorted into that camera (as nerfstudio undistorts it for training) for a distorted capture."""
+    from threedsr_ns.capture import distortion_of, undistort_into
+
+    image = read_image(data_dir / "images" / name)
+    meta = json.loads((data_dir / "transforms.json").read_text()) if (data_dir / "transforms.json").is_file() else {}
+    if not any(distortion_of(meta)):
+        return image
+    k = tuple(float(meta[key]) for key in ("fl_x", "fl_y", "cx", "cy"))
+    target = [float(getattr(camera, key).reshape(-1)[0]) / scale for key in ("fx", "fy", "cx", "cy", "width", "height")]
+    return undistort_into(image, k, distortion_of(meta), (*target[:4], round(target[4]), round(target[5])))
 
 
 def read_image(path: Path) -> torch.Tensor:
@@ -382,7 +401,7 @@ def evaluate_test_views(model, dataset, data_dir: Path, scale: int) -> Tuple[Lis
         if gt.shape != render.shape:
             raise EvaluationError(f"{path} is {gt.shape[1]}x{gt.shape[0]} but the run renders this view at "
                                   f"{render.shape[1]}x{render.shape[0]}: was the run trained on {data_dir / 'images'}?")
-        lr = read_image(data_dir / "images" / name)
+        lr = read_lr(data_dir, name, dataset.cameras[index], scale)
         perceptual, missing = perceptual_or_none(render, gt)
         notes += [n for n in missing if n not in notes]
         views.append({"name": name, "psnr": psnr(render, gt), "ssim": ssim(render, gt), **perceptual,
@@ -435,7 +454,7 @@ def evaluate_train_consistency(model, datamanager, data_dir: Path, neighbours: i
     cameras = datamanager.train_dataset.cameras
     names = _names(datamanager.train_dataset)
     rendered = render_views(model, cameras)
-    cams = PinholeCameras.from_nerfstudio(cameras)
+    cams = PinholeCameras.from_nerfstudio(cameras, images_undistorted=True)  # the run's cached, undistorted frame
     pairs = nearest_camera_pairs(cams.centres, neighbours)
     own_valid = rendered["accumulation"] > MIN_ACCUMULATION
     depth, valid, geometry_text = _geometry(geometry, names, rendered)

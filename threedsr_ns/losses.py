@@ -30,10 +30,12 @@ def l1_ssim_loss(target: torch.Tensor, pred: torch.Tensor, ssim_weight: float) -
     return (1.0 - ssim_weight) * l1 + ssim_weight * structural
 
 
-def lr_subsampling_loss(lr_image: torch.Tensor, hr_render: torch.Tensor, ssim_weight: float = 0.2) -> torch.Tensor:
+def lr_subsampling_loss(lr_image: torch.Tensor, hr_render: torch.Tensor, ssim_weight: float = 0.2,
+                        mask: torch.Tensor | None = None) -> torch.Tensor:
     """L_lr between an LR image and an HR render, both [H,W,3] (nerfstudio's layout).
 
-    The render's size must be an integer multiple of the LR size (the upscale factor s).
+    The render's size must be an integer multiple of the LR size (the upscale factor s). mask: optional [h, w, 1]
+    at LR size (the capture's mask); pixels outside it take no part (both sides zeroed, as splatfacto masks L_hr).
     """
     lr = lr_image.permute(2, 0, 1)[None].to(hr_render.dtype)
     hr = hr_render.permute(2, 0, 1)[None]
@@ -41,4 +43,7 @@ def lr_subsampling_loss(lr_image: torch.Tensor, hr_render: torch.Tensor, ssim_we
     if H % h or W % w or H // h != W // w:
         raise ValueError(f"HR render {W}x{H} is not an integer multiple of the LR image {w}x{h}")
     down = downsample_antialiased(hr, (h, w))
+    if mask is not None:
+        keep = mask.permute(2, 0, 1)[None].to(down.dtype)
+        lr, down = lr * keep, down * keep
     return l1_ssim_loss(lr, down, ssim_weight)

@@ -9,17 +9,18 @@ LR image during the warm-up); this model adds L_lr whenever the batch carries "l
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, Optional, Tuple, Type
+from typing import Callable, Dict, Iterator, Optional, Tuple, Type
 
 import torch
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.models.splatfacto import SplatfactoModel, SplatfactoModelConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from threedsr_ns.cpu_fallback import splatfacto_on_cpu
+from threedsr_ns.cpu_fallback import cuda_calls_stay_put, splatfacto_function_with, with_reference_rasterizer
 from threedsr_ns.losses import downsample_antialiased, lr_subsampling_loss
 from threedsr_ns.strategy import PhasedStrategy
 
@@ -40,14 +41,23 @@ class ThreeDSRModelConfig(SplatfactoModelConfig):
     pixels: on a small LR capture its 1/4-size start would be a few dozen pixels."""
     screen_size_margin: float = 2.0
     """Screen-size split/cull thresholds never go below this many times gsplat's 2 px minimum radius."""
+    max_seed_points: Optional[int] = None
+    """Start from at most this many of the SfM points (a fixed random subset); None: all of them. Fewer Gaussians
+    make the CPU rasterizer's iterations proportionally cheaper (3dsr-preview)."""
 
 
 class ThreeDSRModel(SplatfactoModel):
     config: ThreeDSRModelConfig
 
     def populate_modules(self) -> None:
-        with splatfacto_on_cpu(), lpips_only_if_weights_on_disk():
-            super().populate_modules()
+        limit = self.config.max_seed_points
+        if self.seed_points is not None and limit is not None and len(self.seed_points[0]) > limit:
+            keep = torch.randperm(len(self.seed_points[0]), generator=torch.Generator().manual_seed(0))[:limit]
+            self.seed_points = tuple(points[keep] for points in self.seed_points)
+        # splatfacto's own populate_modules, with its LPIPS built by perceptual_metric() (no download) and, without
+        # CUDA, its one `.cuda()` kept on the CPU; neither torchmetrics nor torch is patched (threedsr_ns.cpu_fallback)
+        with nullcontext() if torch.cuda.is_available() else cuda_calls_stay_put():
+            _splatfacto_populate_modules(self)
         fields = {f.name: getattr(self.strategy, f.name) for f in dataclasses.fields(self.strategy)}
         self.strategy = PhasedStrategy(**fields, screen_size_margin=self.config.screen_size_margin)
         self.in_hr_phase = False
@@ -71,8 +81,10 @@ class ThreeDSRModel(SplatfactoModel):
     def get_outputs(self, camera: Cameras) -> Dict[str, torch.Tensor]:
         if self.training:
             self._train_image_size = (int(camera.height.reshape(-1)[0]), int(camera.width.reshape(-1)[0]))
-        with splatfacto_on_cpu():
+        if self.means.device.type == "cuda":
             return super().get_outputs(camera)
+        with cuda_calls_stay_put():  # gsplat has no CPU kernels: splatfacto's code with the reference rasterizer
+            return _splatfacto_get_outputs_on_cpu(self, camera)
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, torch.Tensor]:
         loss_dict = super().get_loss_dict(outputs, batch, metrics_dict)
@@ -81,24 +93,32 @@ class ThreeDSRModel(SplatfactoModel):
             if lr_image.dtype == torch.uint8:
                 lr_image = lr_image.float() / 255.0
             lr_image = self.composite_with_background(lr_image.to(self.device), outputs["background"])
+            mask = batch["lr_mask"].to(self.device) if "lr_mask" in batch else None  # the capture's mask, at LR
             loss_dict["lr_loss"] = self.config.lr_loss_weight * lr_subsampling_loss(
-                lr_image, outputs["rgb"], ssim_weight=self.config.lr_ssim_weight
+                lr_image, outputs["rgb"], ssim_weight=self.config.lr_ssim_weight, mask=mask
             )
         return loss_dict
 
     def get_image_metrics_and_images(self, outputs, batch):
-        # After the warm-up the cameras render xs while the dataset's images stay LR: score the render
-        # downsampled to the image's size (fidelity to the LR input), and keep the HR render for display.
-        gt_hw = batch["image"].shape[:2]
-        if outputs["rgb"].shape[:2] != gt_hw:
+        # After the warm-up the cameras render xs; where the dataset's images are smaller (the LR input), the
+        # render is scored downsampled to their size, and the metrics say so: lr_psnr, lr_ssim, lr_lpips and
+        # lr_downsample_factor (what ns-eval and the training eval report). Images at the render's size (e.g. HR
+        # ground truth) are scored as splatfacto does, under its names.
+        gt_hw = tuple(batch["image"].shape[:2])
+        factor = 1
+        if tuple(outputs["rgb"].shape[:2]) != gt_hw:
+            factor = outputs["rgb"].shape[0] // gt_hw[0]
             outputs = dict(outputs)
-            outputs["rgb"] = downsample_antialiased(outputs["rgb"].permute(2, 0, 1)[None], tuple(gt_hw))[0].permute(1, 2, 0)
+            outputs["rgb"] = downsample_antialiased(outputs["rgb"].permute(2, 0, 1)[None], gt_hw)[0].permute(1, 2, 0)
             if outputs["background"].dim() == 3:
                 outputs["background"] = outputs["background"][: gt_hw[0], : gt_hw[1]]
         metrics, images = super().get_image_metrics_and_images(outputs, batch)
-        if isinstance(self.lpips, _LpipsUnavailable):
-            metrics.pop("lpips", None)
-            metrics.pop("cc_lpips", None)
+        for name in ("lpips", "cc_lpips"):
+            if name in metrics and (self.lpips.unavailable or math.isnan(metrics[name])):
+                del metrics[name]  # no weights, or the image is too small for AlexNet: dropped, never faked
+        if factor > 1:
+            metrics = {f"lr_{name}": value for name, value in metrics.items()}
+            metrics["lr_downsample_factor"] = float(factor)
         return metrics, images
 
 
@@ -120,15 +140,66 @@ class _LpipsUnavailable(torch.nn.Module):
         return torch.tensor(float("nan"))
 
 
+class OutOfStateMetric:
+    """A metric module the model calls but does not register: its fixed weights stay out of every checkpoint
+    (runs with and without LPIPS weights load each other's), and it follows its inputs' device."""
+
+    def __init__(self, module: torch.nn.Module, min_side: int = 1) -> None:
+        self.module = module.eval().requires_grad_(False)
+        self.unavailable = isinstance(module, _LpipsUnavailable)
+        self.min_side = min_side
+        """Images with a smaller side get NaN (AlexNet's layers need 31 px): the model drops the metric."""
+
+    @torch.no_grad()
+    def __call__(self, *images: torch.Tensor) -> torch.Tensor:
+        if min(images[0].shape[-2:]) < self.min_side:
+            return torch.tensor(float("nan"))
+        self.module.to(images[0].device)
+        return self.module(*images)
+
+
 def alexnet_weights_path() -> str:
     from torchvision.models import AlexNet_Weights
 
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(AlexNet_Weights.IMAGENET1K_V1.url))
 
 
+def perceptual_metric() -> OutOfStateMetric:
+    """LPIPS (AlexNet, inputs in [0, 1]) for splatfacto's eval metrics, built with no download; when its weights
+    are not on disk, a stand-in whose metric the model drops, and one log line saying so."""
+    try:
+        from threedsr_ns.perceptual import MIN_SIDE, LPIPSModule, weights_available
+    except ImportError:  # until threedsr_ns.perceptual exists: torchmetrics' LPIPS, only if torchvision has AlexNet
+        path = alexnet_weights_path()
+        available, note = os.path.exists(path), f"its AlexNet weights are not at {path} (no download attempted)"
+        if available:
+            from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity as LPIPSModule  # noqa: N814
+
+            return OutOfStateMetric(LPIPSModule(net_type="alex", normalize=True))
+        note = f"LPIPS skipped: {note}"
+    else:
+        available, note = weights_available()  # note: "lpips_alex skipped: <why and what to install>"
+        if available:
+            return OutOfStateMetric(LPIPSModule(), min_side=MIN_SIDE["alex"])
+    CONSOLE.log(note)
+    return OutOfStateMetric(_LpipsUnavailable())
+
+
+_splatfacto_populate_modules: Callable = splatfacto_function_with(
+    SplatfactoModel.populate_modules,
+    imports={"torchmetrics.image.lpip": {"LearnedPerceptualImagePatchSimilarity": lambda *a, **k: perceptual_metric()}},
+)
+"""splatfacto's populate_modules, whose `from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity`
+gives perceptual_metric instead of torchmetrics' class (which downloads AlexNet when it is built)."""
+
+_splatfacto_get_outputs_on_cpu: Callable = with_reference_rasterizer(SplatfactoModel.get_outputs)
+"""splatfacto's get_outputs calling threedsr_ns.rasterize_torch.rasterization (CPU) instead of gsplat's."""
+
+
 class lpips_only_if_weights_on_disk:
-    """splatfacto builds torchmetrics' LPIPS, which downloads AlexNet's weights: offline it cannot even be
-    constructed. Build it only when the weights are already on disk; otherwise say so once and skip it."""
+    """For nerfstudio's own splatfacto (scripts/benchmark.py trains it through threedsr_ns.runs): it builds
+    torchmetrics' LPIPS, which downloads AlexNet's weights. This swaps torchmetrics' class, process-wide, for the
+    duration of the block (model set-up, before any viewer thread); the 3dsr model never needs it."""
 
     def __enter__(self):
         import torchmetrics.image.lpip as lpip

@@ -326,7 +326,7 @@ class DISTSNet(nn.Module):
 # ---------------------------------------------------------------------------------------------- public API
 
 
-_MIN_SIDE = {"alex": 31, "vgg": 16, "dists": 1}
+MIN_SIDE = {"alex": 31, "vgg": 16, "dists": 1}
 
 
 def as_batch(image, what: str = "image") -> torch.Tensor:
@@ -372,7 +372,7 @@ class PerceptualMetrics:
             raise ValueError(f"LPIPS convention {convention!r}: expected one of {CONVENTIONS}")
         if net not in _TAPS:
             raise ValueError(f"LPIPS net {net!r}: expected 'alex' or 'vgg'")
-        a, b = _pair(a, b, _MIN_SIDE[net])
+        a, b = _pair(a, b, MIN_SIDE[net])
         if convention == "standard":
             a, b = a * 2 - 1, b * 2 - 1
         return self._net(net, a.device)(a, b)
@@ -380,7 +380,7 @@ class PerceptualMetrics:
     @torch.no_grad()
     def dists(self, a, b) -> torch.Tensor:
         """DISTS of images in [0, 1]."""
-        a, b = _pair(a, b, _MIN_SIDE["dists"])
+        a, b = _pair(a, b, MIN_SIDE["dists"])
         return self._net("dists", a.device)(a, b)
 
     def metric(self, name: str, a, b) -> torch.Tensor:
@@ -449,7 +449,7 @@ class LPIPSModule(nn.Module):
 
     @torch.no_grad()
     def forward(self, img1: torch.Tensor, img2: torch.Tensor) -> torch.Tensor:
-        a, b = _pair(img1, img2, _MIN_SIDE[self._lpips.net])
+        a, b = _pair(img1, img2, MIN_SIDE[self._lpips.net])
         a, b = a.to(self._lpips.shift.dtype), b.to(self._lpips.shift.dtype)
         if self.normalize:
             a, b = a * 2 - 1, b * 2 - 1

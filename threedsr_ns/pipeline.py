@@ -9,7 +9,10 @@ At each phase boundary (threedsr_ns.phases) the callback runs one guidance step 
 `mode` swaps the renders for each view's own previous H (the per-frame baselines; see its docstring).
 
 then the model starts an HR phase (fresh densification, restarted learning-rate schedules). The loop's
-state (steps done, latents, SR targets) is part of the pipeline's state_dict, so checkpoints resume it.
+state (steps done, latents in fp16, SR targets as uint8) is part of the pipeline's state_dict, so checkpoints
+resume it. A training pipeline runs `threedsr_ns.preflight` when it is built: bad input fails before the warm-up.
+When the SR targets exceed `--pipeline.datamanager.targets-on-gpu-max-gb`, the step's full-size tensors (LR,
+latents, renders, SR images) are kept on the CPU and the backend moves one batch of views at a time to the GPU.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from threedsr_ns.colorfix import bicubic_upsample, wavelet_color_fix
 from threedsr_ns.datamanager import ThreeDSRDataManager, ThreeDSRDataManagerConfig
 from threedsr_ns.model import ThreeDSRModel, ThreeDSRModelConfig, eval_mode
 from threedsr_ns.phases import PhaseSchedule
+from threedsr_ns.preflight import preflight
 from threedsr_ns.viewer import ThreeDSRViewerPanel, mean_guidance_seconds
 
 CONTACT_SHEET_VIEWS = 6
@@ -103,6 +107,8 @@ class ThreeDSRPipeline(VanillaPipeline):
     def __init__(self, config: ThreeDSRPipelineConfig, device: str, test_mode: Literal["test", "val", "inference"] = "val",
                  world_size: int = 1, local_rank: int = 0, grad_scaler=None):
         super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
+        # images with alpha are composited on the model's background: LR, SR targets, renders and L_lr agree
+        self.datamanager.set_background(self.model.background_color)
         self.schedule = config.schedule
         self.steps_done = 0
         """Guidance steps run so far (0..K)."""
@@ -112,7 +118,7 @@ class ThreeDSRPipeline(VanillaPipeline):
         self._optimizers = None
         self._artifacts_dir: Optional[Path] = None
         self._first_sr: Optional[torch.Tensor] = None
-        """Step 1's (per-frame) SR of the first few views, for the contact sheets."""
+        """Step 1's (per-frame) SR of the first few views, uint8 [n, 3, sH, sW] on the CPU, for the contact sheets."""
         self.backend = None
         self.threedsr_viewer: Optional[ThreeDSRViewerPanel] = None
         """The 3DSR panel of the viewer (training only); an nn.Module so nerfstudio's viewer finds its elements."""
@@ -127,6 +133,7 @@ class ThreeDSRPipeline(VanillaPipeline):
             self.timesteps = guidance.denoise_timesteps(config.denoise_steps, self.backend.num_train_timesteps,
                                                         config.start_timestep)
             self.threedsr_viewer = ThreeDSRViewerPanel.for_pipeline(self)
+            preflight(self)  # before any 3DGS iteration: a bad capture or backend fails now, in one line
 
     # -- the loop ---------------------------------------------------------------------------------------
 
@@ -164,20 +171,21 @@ class ThreeDSRPipeline(VanillaPipeline):
             self.threedsr_viewer.on_guidance_start(k)
         if k == 1:
             dm.enter_hr(cfg.upscale_factor)
-        lr = dm.lr_images()
+        work = dm.targets_device  # the device, or the CPU when the full-size tensors exceed the budget
+        lr = dm.lr_images(work)
         lr_up = bicubic_upsample(lr, cfg.upscale_factor)
         backend.to(self.device)
         sr: Optional[torch.Tensor] = None  # None: the SR targets stay as they are for this phase
         if k == 1:
             sr = self._sampler_step(1, lr, lr_up, timer)
-            self._first_sr = sr[:CONTACT_SHEET_VIEWS].half().cpu()
+            self._first_sr = _to_uint8(sr[:CONTACT_SHEET_VIEWS]).cpu()
             if cfg.mode == "per-frame" and backend.is_diffusion:  # sample every view to the end, on its own
                 for j in range(2, cfg.denoise_steps + 1):
                     sr = self._sampler_step(j, lr, lr_up, timer, toward=sr)
         elif cfg.mode != "per-frame" and backend.is_diffusion:  # a non-diffusion baseline's targets never change
             if cfg.mode == "3dsr":
                 with timer("render"):
-                    toward = self.render_train_views()  # 3D consistency enters here
+                    toward = self.render_train_views(None, work)  # 3D consistency enters here
             else:
                 toward = dm.sr_targets.permute(0, 3, 1, 2)
             sr = self._sampler_step(k, lr, lr_up, timer, toward=toward)
@@ -201,18 +209,19 @@ class ThreeDSRPipeline(VanillaPipeline):
         k = 1 starts from the noised bicubic LR (or noise); k > 1 draws x_{t_k} from the posterior given x_{t_(k-1)}
         (self.latents) and the clean latent E(toward): the renders for 3dsr, the previous SR images per frame."""
         cfg, backend = self.config, self.backend
+        work = lr.device
         generator = torch.Generator(device=self.device).manual_seed(cfg.guidance_seed + k)
         t = self.timesteps[k - 1]
         if k == 1 or not backend.is_diffusion:  # a non-diffusion baseline ignores x_t
             with timer("encode"):
                 encoded = backend.encode(lr_up)
             x_t = guidance.start_latents(encoded if cfg.start_latents == "noised_lr" else None, encoded.shape, t,
-                                         backend.alphas_cumprod, generator, mode=cfg.start_latents, device=self.device)
+                                         backend.alphas_cumprod, generator, mode=cfg.start_latents, device=work)
         else:
             assert self.latents is not None and toward is not None
             with timer("encode"):
                 x0_target = backend.encode(toward)
-            x_t = guidance.posterior_step(self.latents.to(self.device), x0_target, self.timesteps[k - 2], t,
+            x_t = guidance.posterior_step(self.latents.to(work).float(), x0_target, self.timesteps[k - 2], t,
                                           backend.alphas_cumprod, generator=generator, kind=cfg.posterior)
         with timer("denoise"):
             x0 = backend.predict_x0(x_t, t, lr)
@@ -236,17 +245,19 @@ class ThreeDSRPipeline(VanillaPipeline):
         names = self.datamanager.train_dataset._dataparser_outputs.image_filenames
         save_sr_targets(self._artifacts_dir / "sr_targets" / name, sr, names)
         views = range(min(CONTACT_SHEET_VIEWS, len(names)))
-        first = self._first_sr if self._first_sr is not None else sr[: len(views)]
-        sheet = contact_sheet(self.datamanager.lr_images()[: len(views)], first.to(sr.device), sr[: len(views)],
-                              self.render_train_views(views), max_views=len(views))
+        first = self._first_sr.float() / 255.0 if self._first_sr is not None else sr[: len(views)]
+        sheet = contact_sheet(self.datamanager.lr_images(sr.device)[: len(views)], first.to(sr.device),
+                              sr[: len(views)], self.render_train_views(views, device=sr.device), max_views=len(views))
         sheet.save(self._artifacts_dir / f"contact_sheet_{name}.png")
 
-    def render_train_views(self, views: Optional[Iterable[int]] = None) -> torch.Tensor:
-        """Render train views (default: all) at the current (HR) camera size: [N, 3, H, W] in [0, 1]."""
+    def render_train_views(self, views: Optional[Iterable[int]] = None, device=None) -> torch.Tensor:
+        """Render train views (default: all) at the current (HR) camera size: [N, 3, H, W] in [0, 1] on `device`
+        (default: the model's), one view at a time."""
         cameras = self.datamanager.train_dataset.cameras
         views = range(len(cameras)) if views is None else views
         with eval_mode(self.model):
-            images = [self.model.get_outputs_for_camera(cameras[i : i + 1])["rgb"] for i in views]
+            images = [self.model.get_outputs_for_camera(cameras[i : i + 1])["rgb"].to(device or self.device)
+                      for i in views]
         return torch.stack(images).permute(0, 3, 1, 2).clamp(0.0, 1.0)
 
     def _restart_lr_schedules(self) -> None:
@@ -261,19 +272,28 @@ class ThreeDSRPipeline(VanillaPipeline):
     # -- checkpoints ------------------------------------------------------------------------------------
 
     def get_extra_state(self) -> Dict:
-        return {"steps_done": self.steps_done, "latents": self.latents,
-                "sr_targets": self.datamanager.sr_targets, "first_sr": self._first_sr}
+        """Checkpoint size stays bounded: SR targets (and step 1's SR for the contact sheets) as uint8, latents
+        in fp16, all on the CPU."""
+        latents = None if self.latents is None else self.latents.half().cpu()
+        return {"steps_done": self.steps_done, "latents": latents,
+                "sr_targets_uint8": self.datamanager.targets_state(), "first_sr_uint8": self._first_sr}
 
     def set_extra_state(self, state: Dict) -> None:
         self.steps_done = int(state["steps_done"])
-        self.latents = None if state["latents"] is None else state["latents"].to(self.device)
-        self._first_sr = state.get("first_sr")
+        self._first_sr = state.get("first_sr_uint8")
+        targets = state.get("sr_targets_uint8", state.get("sr_targets"))  # float "sr_targets": older checkpoints
         if self.steps_done > 0:
             self.datamanager.enter_hr(self.config.upscale_factor)
-            self.datamanager.swap(state["sr_targets"].to(self.device))
+            self.datamanager.load_targets_state(targets)
             if self.threedsr_viewer is not None:
                 self.threedsr_viewer.on_swap(self.datamanager.sr_targets)
             self.model.start_hr_phase(self.schedule.guidance_step_start(self.steps_done), self.config.phase_iters)
+        latents = state["latents"]
+        self.latents = None if latents is None else latents.float().to(self.datamanager.targets_device)
+
+
+def _to_uint8(images: torch.Tensor) -> torch.Tensor:
+    return (images.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
 
 
 class _StepTimer:

@@ -1,0 +1,146 @@
+"""The start-up check: every bad input fails while the training pipeline is built (trainer.setup(), before the
+first warm-up iteration), in one line naming the file and the fix; images with alpha, greyscale and palette
+images and masks are turned into what the loop needs (real fern images, tiny random SD-x4 / bicubic, CPU)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from threedsr_ns.pipeline import ThreeDSRPipelineConfig
+from threedsr_ns.preflight import PreflightError
+
+
+def make_pipeline(data: Path, **overrides):
+    settings = dict(sr_backend="bicubic", warmup_iters=10, denoise_steps=2, phase_iters=5, save_artifacts=False)
+    background = overrides.pop("background_color", "random")
+    config = ThreeDSRPipelineConfig(**{**settings, **overrides})
+    config.datamanager.data = data
+    config.model.random_init, config.model.num_random, config.model.background_color = True, 300, background
+    return config.setup(device="cpu", test_mode="val")
+
+
+@pytest.fixture
+def fern_copy(tiny_fern: Path, tmp_path: Path) -> Path:
+    data = tmp_path / "fern"
+    shutil.copytree(tiny_fern, data)
+    return data
+
+
+def one_line_preflight_error(data: Path, match: str, **overrides) -> str:
+    with pytest.raises(PreflightError, match=match) as error:
+        make_pipeline(data, **overrides)  # pipeline construction: nothing has trained yet
+    assert "\n" not in str(error.value)
+    return str(error.value)
+
+
+def test_a_missing_image_is_named_before_caching(fern_copy: Path):
+    (fern_copy / "images" / "image005.png").unlink()
+    one_line_preflight_error(fern_copy, r"image005\.png does not exist: add the image or remove its frame")
+
+
+def test_a_file_that_is_not_an_image_is_named(fern_copy: Path):
+    (fern_copy / "images" / "image006.png").write_bytes(b"not a png at all")
+    one_line_preflight_error(fern_copy, r"image006\.png is not an image PIL can read .*replace the file")
+
+
+def test_a_truncated_image_is_named_when_it_is_decoded(fern_copy: Path):
+    path = fern_copy / "images" / "image002.png"
+    path.write_bytes(path.read_bytes()[:200])  # the header still parses; the pixels do not
+    one_line_preflight_error(fern_copy, r"image002\.png cannot be decoded .*replace the file")
+
+
+def test_mixed_sizes_are_named_at_start_up(fern_copy: Path):
+    odd = fern_copy / "images" / "image003.png"
+    Image.open(odd).resize((40, 30)).save(odd)
+    one_line_preflight_error(fern_copy, r"image003\.png is 40x30 but its camera .* says 32x24")
+
+
+def test_a_backend_that_does_not_produce_the_upscale_factor_fails_at_start_up(fern_copy: Path):
+    with pytest.raises(ValueError, match=r"cannot produce x2.*--pipeline.upscale-factor 4"):
+        make_pipeline(fern_copy, sr_backend="tiny-random", upscale_factor=2)
+
+
+def test_offline_hub_is_one_line_at_start_up(fern_copy: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    with pytest.raises(RuntimeError) as error:
+        make_pipeline(fern_copy, sr_backend="sd-x4-upscaler")
+    assert "\n" not in str(error.value) and "--pipeline.sr-model-path" in str(error.value)
+
+
+@pytest.mark.parametrize("background", ["white", "black"])
+def test_rgba_images_are_composited_on_the_model_background_everywhere(fern_copy: Path, background: str):
+    """LR images, SR targets and the LR batch image all carry the model's background where alpha is 0."""
+    for path in sorted((fern_copy / "images").glob("*.png")):
+        rgba = np.array(Image.open(path).convert("RGBA"))
+        rgba[:, :16, 3] = 0  # left half transparent
+        Image.fromarray(rgba).save(path)
+    pipeline = make_pipeline(fern_copy, background_color=background)
+    colour = 1.0 if background == "white" else 0.0
+    lr = pipeline.datamanager.lr_images()
+    assert lr.shape[1] == 3
+    assert torch.allclose(lr[..., :16], torch.full_like(lr[..., :16], colour))
+    assert lr[..., 16:].std() > 0.05  # the opaque half is the photo
+    pipeline.run_guidance_step(1, step=10)
+    targets = pipeline.datamanager.sr_targets
+    assert torch.allclose(targets[:, 8:-8, 8:56], torch.full_like(targets[:, 8:-8, 8:56], colour), atol=1e-3)
+    _, batch = pipeline.datamanager.next_train(11)
+    assert batch["lr_image"].shape[-1] == 3 and batch["image"].shape[-1] == 3
+
+
+def test_greyscale_and_palette_images_become_rgb(fern_copy: Path):
+    grey, palette = fern_copy / "images" / "image001.png", fern_copy / "images" / "image002.png"
+    rgb_of_palette = Image.open(palette).convert("RGB").quantize(64)
+    rgb_of_palette.save(palette)  # mode "P": pixel values are palette indices
+    Image.open(grey).convert("L").save(grey)
+    dm = make_pipeline(fern_copy).datamanager
+    names = [Path(f).name for f in dm.train_dataset.image_filenames]
+    cached = {n: d["image"] for n, d in zip(names, dm.cached_train)}
+    assert all(image.shape[-1] == 3 for image in cached.values())
+    assert torch.equal(cached["image002.png"], torch.from_numpy(np.array(rgb_of_palette.convert("RGB"))))
+    g = cached["image001.png"]
+    assert torch.equal(g[..., 0], g[..., 1]) and torch.equal(g[..., 0], g[..., 2])
+    assert torch.equal(g[..., 0], torch.from_numpy(np.array(Image.open(grey))))
+
+
+def test_masks_are_served_at_hr_for_splatfacto_and_at_lr_for_the_lr_loss(fern_copy: Path):
+    meta = json.loads((fern_copy / "transforms.json").read_text())
+    (fern_copy / "masks").mkdir()
+    for i, frame in enumerate(meta["frames"]):
+        mask = np.zeros((24, 32), np.uint8)
+        mask[4 + i % 5 : 20, 3:29] = 255
+        name = f"masks/{Path(frame['file_path']).stem}.png"
+        Image.fromarray(mask).save(fern_copy / name)
+        frame["mask_path"] = name
+    (fern_copy / "transforms.json").write_text(json.dumps(meta))
+    pipeline = make_pipeline(fern_copy)
+    dm = pipeline.datamanager
+    _, batch = dm.next_train(0)
+    assert batch["mask"].shape == (24, 32, 1) and "lr_mask" not in batch  # warm-up: splatfacto's masking at LR
+    pipeline.run_guidance_step(1, step=10)
+    for _ in range(3):
+        camera, batch = dm.next_train(11)
+        assert batch["mask"].shape == (96, 128, 1) and batch["lr_mask"].shape == (24, 32, 1)
+        assert torch.equal(batch["mask"][::4, ::4], batch["lr_mask"])  # nearest, xs
+        assert torch.equal(batch["mask"][3::4, 3::4], batch["lr_mask"])
+        assert batch["mask"].shape[:2] == batch["image"].shape[:2] == (int(camera.height), int(camera.width))
+
+
+def test_targets_over_the_budget_stay_on_the_cpu_and_are_served_per_view(fern_copy: Path):
+    pipeline = make_pipeline(fern_copy, sr_backend="tiny-random")
+    pipeline.datamanager.config.targets_on_gpu_max_gb = 0.0
+    pipeline.run_guidance_step(1, step=10)
+    dm = pipeline.datamanager
+    assert dm.targets_device == torch.device("cpu") and dm.sr_targets.device.type == "cpu"
+    assert dm.sr_targets.is_pinned() == torch.cuda.is_available()
+    assert pipeline.latents.device.type == "cpu"
+    camera, batch = dm.next_train(11)
+    assert batch["image"].device == torch.device(pipeline.device)
+    assert torch.equal(batch["image"].cpu(), dm.sr_targets[camera.metadata["cam_idx"]])
