@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 INTRINSICS = ("fl_x", "fl_y", "cx", "cy")
@@ -72,14 +74,11 @@ def distortion_of(meta: dict) -> list:
     return [float(meta.get(k, 0.0)) for k in ("k1", "k2", "k3", "k4", "p1", "p2")]
 
 
-def undistort_into(image, source_k, distortion, target) -> "torch.Tensor":
+def undistort_into(image: torch.Tensor, source_k, distortion, target) -> torch.Tensor:
     """Resample a distorted photo [H, W, 3] (intrinsics source_k = (fx, fy, cx, cy), OPENCV `distortion` in
     nerfstudio's order) into an undistorted pinhole camera target = (fx, fy, cx, cy, width, height): the frame in
     which nerfstudio trains and renders after undistorting its cached images. Continuous pixel coordinates (pixel
     centres at +0.5) on both sides, as nerfstudio's cameras and its cv2 undistortion use them; bicubic sampling."""
-    import torch
-    import torch.nn.functional as F
-
     k1, k2, k3, k4, p1, p2 = distortion
     if k4:
         raise ValueError("undistort_into: k4 is not part of the OPENCV model (nerfstudio's undistortion rejects it too)")

@@ -21,11 +21,43 @@ def _scaled_linear_alphas_cumprod(beta_start: float, beta_end: float, num_train_
     return torch.cumprod(1.0 - betas, dim=0)
 
 
-class BicubicBackend(SRBackend):
-    name = "bicubic"
+class PixelSpaceBackend(SRBackend):
+    """A deterministic per-frame SR model in the loop: its "latents" are the HR pixels (encode/decode are the
+    identity) and its clean estimate is `upscale(LR)` whatever x_t. Subclasses give `upscale`."""
+
     latent_factor = 1
     is_diffusion = False
     prediction_type = "sample"
+
+    def encode(self, hr_images: torch.Tensor) -> torch.Tensor:
+        return hr_images.float().clone()
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents.float().clamp(0.0, 1.0)
+
+    def predict_x0(
+        self,
+        x_t: torch.Tensor,
+        t: Timestep,
+        lr_images: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """upscale(LR) per view; x_t only fixes the output size and device (t, generator unused)."""
+        expected = (lr_images.shape[-2] * self.scale, lr_images.shape[-1] * self.scale)
+        if tuple(x_t.shape[-2:]) != expected:
+            raise ValueError(
+                f"x_t is {tuple(x_t.shape[-2:])} but LR images {tuple(lr_images.shape[-2:])} x{self.scale} "
+                f"need {expected}"
+            )
+        return self.upscale(lr_images).to(x_t.device)
+
+    def upscale(self, lr_images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, h, w] in [0, 1] -> [B, 3, s h, s w] in [0, 1] on the inputs' device."""
+        raise NotImplementedError
+
+
+class BicubicBackend(PixelSpaceBackend):
+    name = "bicubic"
 
     def __init__(self, scale: int = 4, batch_size: int = 8, device: torch.device | str = "cpu") -> None:
         if scale < 1:
@@ -50,27 +82,8 @@ class BicubicBackend(SRBackend):
         self.device = torch.device(device)
         return self
 
-    def encode(self, hr_images: torch.Tensor) -> torch.Tensor:
-        return hr_images.float().clone()
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return latents.float().clamp(0.0, 1.0)
-
-    def predict_x0(
-        self,
-        x_t: torch.Tensor,
-        t: Timestep,
-        lr_images: torch.Tensor,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        expected = (lr_images.shape[-2] * self.scale, lr_images.shape[-1] * self.scale)
-        if tuple(x_t.shape[-2:]) != expected:
-            raise ValueError(
-                f"x_t is {tuple(x_t.shape[-2:])} but LR images {tuple(lr_images.shape[-2:])} x{self.scale} "
-                f"need {expected}"
-            )
-
+    def upscale(self, lr_images: torch.Tensor) -> torch.Tensor:
         def upsample(lr: torch.Tensor) -> torch.Tensor:
             return bicubic_upsample(lr.to(self.device).float(), self.scale)
 
-        return self._in_batches(upsample, lr_images).to(x_t.device)
+        return self._in_batches(upsample, lr_images).to(lr_images.device)

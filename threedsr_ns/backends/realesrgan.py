@@ -30,11 +30,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from threedsr_ns.backends.base import SRBackend, default_device
-from threedsr_ns.backends.bicubic import _scaled_linear_alphas_cumprod
+from threedsr_ns.backends.base import default_device
+from threedsr_ns.backends.bicubic import PixelSpaceBackend, _scaled_linear_alphas_cumprod
 from threedsr_ns.backends.rrdbnet import RRDBNet, read_ncnn_state_dict
 from threedsr_ns.backends.sd_x4_upscaler_config import SCHEDULER_CONFIG
-from threedsr_ns.guidance import Timestep
 
 logger = logging.getLogger(__name__)
 
@@ -201,12 +200,9 @@ def _tile_starts(size: int, tile: int) -> list[int]:
     return list(range(0, size, tile)) if tile > 0 else [0]
 
 
-class RealESRGANBackend(SRBackend):
+class RealESRGANBackend(PixelSpaceBackend):
     name = "realesrgan"
     scale = 4
-    latent_factor = 1
-    is_diffusion = False
-    prediction_type = "sample"
 
     def __init__(
         self,
@@ -244,28 +240,6 @@ class RealESRGANBackend(SRBackend):
         self.device = torch.device(device)
         self.net.to(self.device)
         return self
-
-    def encode(self, hr_images: torch.Tensor) -> torch.Tensor:
-        return hr_images.float().clone()
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return latents.float().clamp(0.0, 1.0)
-
-    def predict_x0(
-        self,
-        x_t: torch.Tensor,
-        t: Timestep,
-        lr_images: torch.Tensor,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Real-ESRGAN(LR) per view; x_t only fixes the output size and device (t, generator unused)."""
-        expected = (lr_images.shape[-2] * self.scale, lr_images.shape[-1] * self.scale)
-        if tuple(x_t.shape[-2:]) != expected:
-            raise ValueError(
-                f"x_t is {tuple(x_t.shape[-2:])} but LR images {tuple(lr_images.shape[-2:])} x{self.scale} "
-                f"need {expected}"
-            )
-        return self.upscale(lr_images).to(x_t.device)
 
     def upscale(self, lr_images: torch.Tensor) -> torch.Tensor:
         """[B, 3, h, w] in [0, 1] -> [B, 3, 4h, 4w] in [0, 1], float32 on the inputs' device."""
