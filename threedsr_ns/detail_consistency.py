@@ -6,8 +6,8 @@ its warped neighbour whatever it invents. Here only the detail the LR input cann
     band_k = target_k - bicubic_up(LR_k)          ("residual": what the SR method added to bicubic)
     band_k = target_k - bicubic_up(down(target_k))  ("highpass": the target's own energy above the LR Nyquist)
 
-For each pair (i, j), view j's band is warped into view i with the caller's depth (`evaluation.backproject`,
-`project`, `_sample`, the same co-visibility test as `pair_disagreement`) and compared by the energy-normalised
+For each pair (i, j), view j's band is warped into view i with the caller's depth (`evaluation.covisible_warp`,
+the co-visibility test `pair_disagreement` uses too) and compared by the energy-normalised
 cross-correlation over co-visible pixels (luminance, Rec. 601 as `sr_prior.metrics`, or RGB):
 
     ncc(i, j) = sum(a * b) / sqrt(sum(a^2) * sum(b^2))    in [-1, 1]
@@ -43,9 +43,8 @@ from threedsr_ns.evaluation import (
     DEFAULT_DEPTH_TOLERANCE,
     PinholeCameras,
     _sample,
-    backproject,
+    covisible_warp,
     nearest_camera_pairs,
-    project,
 )
 from threedsr_ns.losses import downsample_antialiased
 from threedsr_ns.sr_prior import metrics
@@ -116,25 +115,6 @@ def _channels(band: torch.Tensor, channels: Channels) -> torch.Tensor:
     if channels == "rgb":
         return band
     raise ValueError(f"detail_consistency: channels must be 'luminance' or 'rgb', got {channels!r}")
-
-
-def covisible_warp(depths: torch.Tensor, cams: PinholeCameras, i: int, j: int,
-                   depth_tolerance: float = DEFAULT_DEPTH_TOLERANCE,
-                   valid: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(uv [H, W, 2] of view i's pixels in view j, co-visible mask [H, W], source mask [H, W]) with i's depth.
-
-    The test of `evaluation.pair_disagreement`: inside j with the whole bilinear footprint, in front of j, within
-    depth_tolerance of j's depth there, and valid in i and (all four neighbours) in j when `valid` is given.
-    """
-    height, width = depths.shape[1:]
-    uv, z = project(backproject(depths[i].float(), cams, i), cams, j)
-    inside = (uv[..., 0] >= 0.5) & (uv[..., 0] <= width - 0.5) & (uv[..., 1] >= 0.5) & (uv[..., 1] <= height - 0.5)
-    depth_j = _sample(depths[j][..., None].float(), uv)[..., 0]
-    mask = inside & (z > 0) & ((z - depth_j).abs() < depth_tolerance * z)
-    source = torch.ones_like(mask) if valid is None else valid[i].bool()
-    if valid is not None:
-        mask &= _sample(valid[j][..., None].float(), uv)[..., 0] > 0.999
-    return uv, mask & source, source
 
 
 def _ratio(cross: float, energy_a: float, energy_b: float, covisible: int) -> float:

@@ -200,21 +200,28 @@ class PairDisagreement:
     pixels: int  # pixels of view i taking part (valid source pixels)
 
 
+def covisible_warp(depths: torch.Tensor, cams: PinholeCameras, i: int, j: int,
+                   depth_tolerance: float = DEFAULT_DEPTH_TOLERANCE,
+                   valid: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(uv [H, W, 2] of view i's pixels in view j, co-visible mask [H, W], source mask [H, W]) with i's depth:
+    inside j with the whole bilinear footprint (no border-padded samples), in front of j, within depth_tolerance of
+    j's depth there, and valid in i and (all four bilinear neighbours) in j when `valid` is given."""
+    height, width = depths.shape[1:]
+    uv, z = project(backproject(depths[i].float(), cams, i), cams, j)
+    inside = (uv[..., 0] >= 0.5) & (uv[..., 0] <= width - 0.5) & (uv[..., 1] >= 0.5) & (uv[..., 1] <= height - 0.5)
+    depth_j = _sample(depths[j][..., None].float(), uv)[..., 0]
+    mask = inside & (z > 0) & ((z - depth_j).abs() < depth_tolerance * z)
+    source = torch.ones_like(mask) if valid is None else valid[i].bool()
+    if valid is not None:
+        mask &= _sample(valid[j][..., None].float(), uv)[..., 0] > 0.999
+    return uv, mask & source, source
+
+
 def pair_disagreement(images: torch.Tensor, depths: torch.Tensor, cams: PinholeCameras, i: int, j: int,
                       depth_tolerance: float = DEFAULT_DEPTH_TOLERANCE,
                       valid: Optional[torch.Tensor] = None) -> PairDisagreement:
     """Warp view i into view j with i's depth; compare colours where j sees the same surface."""
-    height, width = depths.shape[1:]
-    points = backproject(depths[i].float(), cams, i)
-    uv, z = project(points, cams, j)
-    # the bilinear footprint must stay on j's pixel centres: no border-padded samples
-    inside = (uv[..., 0] >= 0.5) & (uv[..., 0] <= width - 0.5) & (uv[..., 1] >= 0.5) & (uv[..., 1] <= height - 0.5)
-    depth_j = _sample(depths[j][..., None], uv)[..., 0]
-    mask = inside & (z > 0) & ((z - depth_j).abs() < depth_tolerance * z)
-    source = torch.ones_like(mask) if valid is None else valid[i].bool()
-    if valid is not None:  # the target pixels must be valid too (all four bilinear neighbours)
-        mask &= _sample(valid[j][..., None].float(), uv)[..., 0] > 0.999
-    mask &= source
+    uv, mask, source = covisible_warp(depths, cams, i, j, depth_tolerance, valid)
     diff = (images[i].float() - _sample(images[j], uv)).abs().mean(-1)
     return PairDisagreement(float(diff[mask].sum()), int(mask.sum()), int(source.sum()))
 
