@@ -31,11 +31,12 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from threedsr_ns import guidance
 from threedsr_ns.artifacts import contact_sheet, save_sr_targets
 from threedsr_ns.backends import make_backend
-from threedsr_ns.colorfix import bicubic_upsample, wavelet_color_fix
+from threedsr_ns.colorfix import bicubic_upsample
 from threedsr_ns.datamanager import ThreeDSRDataManager, ThreeDSRDataManagerConfig
 from threedsr_ns.model import ThreeDSRModel, ThreeDSRModelConfig, eval_mode
 from threedsr_ns.phases import PhaseSchedule
 from threedsr_ns.preflight import preflight
+from threedsr_ns.sampler import sampler_step
 from threedsr_ns.viewer import ThreeDSRViewerPanel, mean_guidance_seconds
 
 CONTACT_SHEET_VIEWS = 6
@@ -204,31 +205,12 @@ class ThreeDSRPipeline(VanillaPipeline):
 
     def _sampler_step(self, k: int, lr: torch.Tensor, lr_up: torch.Tensor, timer: "_StepTimer",
                       toward: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Sampler step k for every train view: x_{t_k}, then x0 and the colour-fixed SR images [N, 3, sH, sW].
-
-        k = 1 starts from the noised bicubic LR (or noise); k > 1 draws x_{t_k} from the posterior given x_{t_(k-1)}
-        (self.latents) and the clean latent E(toward): the renders for 3dsr, the previous SR images per frame."""
-        cfg, backend = self.config, self.backend
-        work = lr.device
+        """threedsr_ns.sampler's step k for every train view, from (and into) self.latents; the SR images."""
+        cfg = self.config
         generator = torch.Generator(device=self.device).manual_seed(cfg.guidance_seed + k)
-        t = self.timesteps[k - 1]
-        if k == 1 or not backend.is_diffusion:  # a non-diffusion baseline ignores x_t
-            with timer("encode"):
-                encoded = backend.encode(lr_up)
-            x_t = guidance.start_latents(encoded if cfg.start_latents == "noised_lr" else None, encoded.shape, t,
-                                         backend.alphas_cumprod, generator, mode=cfg.start_latents, device=work)
-        else:
-            assert self.latents is not None and toward is not None
-            with timer("encode"):
-                x0_target = backend.encode(toward)
-            x_t = guidance.posterior_step(self.latents.to(work).float(), x0_target, self.timesteps[k - 2], t,
-                                          backend.alphas_cumprod, generator=generator, kind=cfg.posterior)
-        with timer("denoise"):
-            x0 = backend.predict_x0(x_t, t, lr)
-        with timer("decode"):
-            sr = backend.decode(x0)
-            if cfg.color_fix:
-                sr = wavelet_color_fix(sr, lr_up)
+        x_t, sr = sampler_step(self.backend, self.timesteps, k, lr, lr_up, generator, start_mode=cfg.start_latents,
+                               posterior=cfg.posterior, color_fix=cfg.color_fix, latents=self.latents, toward=toward,
+                               timer=timer)
         self.latents = x_t.float()
         return sr
 

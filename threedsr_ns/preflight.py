@@ -3,7 +3,7 @@
 `preflight(pipeline)` runs when a training pipeline is built, before any 3DGS iteration: the images load
 (undistorted, composited, RGB; the datamanager names a missing or corrupt file), the SR backend says whether it
 takes the LR size, and the guidance path runs once on one view at a tiny size (encode, start latents,
-predict_x0, decode, colour fix) plus the shape check of the full-size swap. Any problem is one line, naming the
+predict_x0, decode, colour fix: threedsr_ns.sampler, as the guidance steps run it). Any problem is one line, naming the
 file or option and the fix, raised as a `PreflightError`.
 """
 
@@ -28,8 +28,8 @@ class PreflightError(ValueError):
 
 def preflight(pipeline: "ThreeDSRPipeline") -> None:
     """Check the capture and run the guidance path once, at a tiny size, before the warm-up."""
-    from threedsr_ns import guidance
-    from threedsr_ns.colorfix import bicubic_upsample, wavelet_color_fix
+    from threedsr_ns.colorfix import bicubic_upsample
+    from threedsr_ns.sampler import sampler_step
 
     start = time.perf_counter()
     cfg, backend, dm = pipeline.config, pipeline.backend, pipeline.datamanager
@@ -42,21 +42,14 @@ def preflight(pipeline: "ThreeDSRPipeline") -> None:
             check_lr_size(h, w)
         except ValueError as err:
             raise PreflightError(f"{dm.config.data}: images are {w}x{h} after undistortion: {err}") from None
-    expected = dm.sr_target_shape(s)
     ph, pw = min(h, PROBE_LR_SIDE), min(w, PROBE_LR_SIDE)
     lr = dm.lr_images()[:1, :, :ph, :pw].to(pipeline.device)
     lr_up = bicubic_upsample(lr, s)
     generator = torch.Generator(device=pipeline.device).manual_seed(cfg.guidance_seed)
-    t = pipeline.timesteps[0]
     backend.to(pipeline.device)
     try:
-        encoded = backend.encode(lr_up)
-        x_t = guidance.start_latents(encoded if cfg.start_latents == "noised_lr" else None, encoded.shape, t,
-                                     backend.alphas_cumprod, generator, mode=cfg.start_latents, device=pipeline.device)
-        x0 = backend.predict_x0(x_t, t, lr)
-        sr = backend.decode(x0)
-        if cfg.color_fix:
-            sr = wavelet_color_fix(sr, lr_up)
+        _, sr = sampler_step(backend, pipeline.timesteps, 1, lr, lr_up, generator, start_mode=cfg.start_latents,
+                             color_fix=cfg.color_fix)
     except (RuntimeError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise PreflightError(f"SR backend '{backend.name}' failed on a {pw}x{ph} LR crop of "
@@ -68,9 +61,6 @@ def preflight(pipeline: "ThreeDSRPipeline") -> None:
         raise PreflightError(f"SR backend '{backend.name}' returned {tuple(sr.shape)} for a {pw}x{ph} LR crop, not "
                              f"(1, 3, {s * ph}, {s * pw}): it does not upscale x{s}; pass "
                              f"--pipeline.upscale-factor {backend.scale} or another --pipeline.sr-backend")
-    if expected != (dm.num_train_views, s * h, s * w, 3):
-        raise PreflightError(f"{dm.config.data}: the SR targets would be {expected} but the LR images are {w}x{h}: "
-                             "the cameras and images disagree; fix transforms.json")
     CONSOLE.log(f"[bold]3dsr[/bold] pre-flight passed in {time.perf_counter() - start:.1f}s: {dm.num_train_views} "
                 f"train views at {w}x{h} (undistorted), SR targets {s * w}x{s * h}, backend '{backend.name}', "
                 f"targets on {dm.targets_device}")
