@@ -165,22 +165,13 @@ def alexnet_weights_path() -> str:
 
 
 def perceptual_metric() -> OutOfStateMetric:
-    """LPIPS (AlexNet, inputs in [0, 1]) for splatfacto's eval metrics, built with no download; when its weights
-    are not on disk, a stand-in whose metric the model drops, and one log line saying so."""
-    try:
-        from threedsr_ns.perceptual import MIN_SIDE, LPIPSModule, weights_available
-    except ImportError:  # until threedsr_ns.perceptual exists: torchmetrics' LPIPS, only if torchvision has AlexNet
-        path = alexnet_weights_path()
-        available, note = os.path.exists(path), f"its AlexNet weights are not at {path} (no download attempted)"
-        if available:
-            from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity as LPIPSModule  # noqa: N814
+    """LPIPS (AlexNet, inputs in [0, 1]) for splatfacto's eval metrics, from threedsr_ns.perceptual's converted
+    weights (no download); when they are missing, a stand-in whose metric the model drops, and one log line saying so."""
+    from threedsr_ns.perceptual import MIN_SIDE, LPIPSModule, weights_available
 
-            return OutOfStateMetric(LPIPSModule(net_type="alex", normalize=True))
-        note = f"LPIPS skipped: {note}"
-    else:
-        available, note = weights_available()  # note: "lpips_alex skipped: <why and what to install>"
-        if available:
-            return OutOfStateMetric(LPIPSModule(), min_side=MIN_SIDE["alex"])
+    available, note = weights_available()  # note: "lpips_alex skipped: <why and what to install>"
+    if available:
+        return OutOfStateMetric(LPIPSModule(), min_side=MIN_SIDE["alex"])
     CONSOLE.log(note)
     return OutOfStateMetric(_LpipsUnavailable())
 
