@@ -40,9 +40,8 @@ import tyro
 from PIL import Image, ImageDraw
 
 from threedsr_ns.config import threedsr_trainer_config
-from threedsr_ns.evaluation import evaluate_run, load_run, read_image, save_shared_geometry
+from threedsr_ns.evaluation import evaluate_run, load_run, read_gt, save_shared_geometry
 from threedsr_ns.evaluation_report import write_report
-from threedsr_ns.llff import gt_file
 from threedsr_ns.pipeline import ThreeDSRPipelineConfig
 from threedsr_ns.runs import quiet, release_gpu_memory, setup_trainer
 
@@ -159,16 +158,19 @@ def last_checkpoint(config: Path) -> Path:
 def crops_figure(configs: Dict[str, Path], data: Path, size: int) -> Image.Image:
     """GT | each method's render, on the centre crop of the first test view."""
     name = json.loads((data / "split.json").read_text())["test"][0]
-    gt = read_image(gt_file(data, name))
-    h, w = gt.shape[:2]
-    top, left = (h - size) // 2, (w - size) // 2
-    panels = [("GT", gt)]
+    panels = []
     for method, config in configs.items():
         pipeline, _ = load_run(config, data)
-        index = [Path(f).name for f in pipeline.datamanager.eval_dataset._dataparser_outputs.image_filenames].index(name)
+        dataset = pipeline.datamanager.eval_dataset
+        index = [Path(f).name for f in dataset._dataparser_outputs.image_filenames].index(name)
+        camera = dataset.cameras[index : index + 1]
+        if not panels:  # the GT in the frame the runs render (a distorted capture's photo undistorted into it)
+            panels.append(("GT", read_gt(data, name, camera)))
         with torch.no_grad():
-            render = pipeline.model.get_outputs_for_camera(pipeline.datamanager.eval_dataset.cameras[index : index + 1])["rgb"]
+            render = pipeline.model.get_outputs_for_camera(camera)["rgb"]
         panels.append((method, render.cpu()))
+    h, w = panels[0][1].shape[:2]
+    top, left = (h - size) // 2, (w - size) // 2
     figure = Image.new("RGB", (size * len(panels), size + 16), "white")
     draw = ImageDraw.Draw(figure)
     for j, (title, image) in enumerate(panels):

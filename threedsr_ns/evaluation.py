@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -320,41 +319,32 @@ def load_run(config_path: Path, data_dir: Path):
     return pipeline, step
 
 
-@lru_cache(maxsize=8)
-def _gt_transforms(data_dir: Path) -> Optional[dict]:
-    path = data_dir / "transforms_gt.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def read_gt(data_dir: Path, name: str, camera) -> torch.Tensor:
-    """The GT image [H, W, 3] of the view whose LR file is images/<name>, in the frame the run renders it (`camera`:
-    one nerfstudio camera at HR). A distorted capture's GT photo (OPENCV k1, k2, p1, p2 in transforms_gt.json, as
-    scripts/prepare_capture.py writes it) is resampled into that undistorted camera, as nerfstudio undistorts the
-    LR images it trains on; an undistorted dataset's GT is read as it is."""
+def _in_render_frame(image: torch.Tensor, transforms: Path, camera, scale: int = 1) -> torch.Tensor:
+    """`image`, described by the cameras of `transforms` (a transforms.json), in the frame of `camera` / scale (one
+    nerfstudio camera of the run at HR): as it is when those cameras have no distortion; resampled into that
+    undistorted camera, as nerfstudio undistorts the images it trains on, when they have (OPENCV k1, k2, p1, p2)."""
     from threedsr_ns.capture import distortion_of, undistort_into
 
-    path = gt_file(data_dir, name)
-    image = read_image(path)
-    meta = _gt_transforms(Path(data_dir))
-    if meta is None or not any(distortion_of(meta)):
-        return image
-    k = tuple(float(meta[key]) for key in ("fl_x", "fl_y", "cx", "cy"))
-    target = tuple(float(getattr(camera, key).reshape(-1)[0]) for key in ("fx", "fy", "cx", "cy", "width", "height"))
-    return undistort_into(image, k, distortion_of(meta), target)
-
-
-def read_lr(data_dir: Path, name: str, camera, scale: int) -> torch.Tensor:
-    """The LR input images/<name> in the frame of the run's renders / scale: as it is for an undistorted dataset,
-    undistorted into that camera (as nerfstudio undistorts it for training) for a distorted capture."""
-    from threedsr_ns.capture import distortion_of, undistort_into
-
-    image = read_image(data_dir / "images" / name)
-    meta = json.loads((data_dir / "transforms.json").read_text()) if (data_dir / "transforms.json").is_file() else {}
+    meta = json.loads(transforms.read_text()) if transforms.is_file() else {}
     if not any(distortion_of(meta)):
         return image
     k = tuple(float(meta[key]) for key in ("fl_x", "fl_y", "cx", "cy"))
-    target = [float(getattr(camera, key).reshape(-1)[0]) / scale for key in ("fx", "fy", "cx", "cy", "width", "height")]
-    return undistort_into(image, k, distortion_of(meta), (*target[:4], round(target[4]), round(target[5])))
+    fx, fy, cx, cy, width, height = (float(getattr(camera, key).reshape(-1)[0]) / scale
+                                     for key in ("fx", "fy", "cx", "cy", "width", "height"))
+    return undistort_into(image, k, distortion_of(meta), (fx, fy, cx, cy, round(width), round(height)))
+
+
+def read_gt(data_dir: Path, name: str, camera) -> torch.Tensor:
+    """The GT image [H, W, 3] of the view whose LR file is images/<name>, in the frame the run renders it (`camera`):
+    a distorted capture's GT photo (transforms_gt.json, as scripts/prepare_capture.py writes it) is resampled into
+    the undistorted camera; an undistorted dataset's GT is read as it is."""
+    return _in_render_frame(read_image(gt_file(data_dir, name)), Path(data_dir) / "transforms_gt.json", camera)
+
+
+def read_lr(data_dir: Path, name: str, camera, scale: int) -> torch.Tensor:
+    """The LR input images/<name> in the frame of the run's renders / scale (undistorted, for a distorted capture)."""
+    return _in_render_frame(read_image(Path(data_dir) / "images" / name), Path(data_dir) / "transforms.json", camera,
+                            scale)
 
 
 def read_image(path: Path) -> torch.Tensor:
