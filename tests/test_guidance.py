@@ -67,6 +67,21 @@ def test_denoise_timesteps_errors(kwargs: dict, match: str) -> None:
 # ---- forward process and x0 conversion ----------------------------------------------------------
 
 
+def test_backend_timesteps_stay_inside_what_it_was_trained_on() -> None:
+    from threedsr_ns.backends import BicubicBackend
+
+    class PartlyTrained(BicubicBackend):
+        trained_timesteps = (100, 599)
+
+    assert BicubicBackend().denoise_timesteps(4) == [999, 749, 499, 249]  # every timestep: the plain trailing spacing
+    partial = PartlyTrained().denoise_timesteps(4)
+    assert partial == [599, 474, 349, 224]
+    assert min(partial) - 100 >= (599 - 100 + 1) // 4 - 1  # the last step stays an interval above the lowest
+    assert PartlyTrained().denoise_timesteps(2, start_timestep=300) == [300, 199]
+    with pytest.raises(ValueError, match="outside the timesteps \\[100, 599\\]"):
+        PartlyTrained().denoise_timesteps(4, start_timestep=50)
+
+
 def test_q_sample_statistics(alphas_cumprod: torch.Tensor) -> None:
     t = 600
     x0 = torch.full((200_000,), 0.7)

@@ -28,7 +28,6 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttrib
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from threedsr_ns import guidance
 from threedsr_ns.artifacts import contact_sheet, save_sr_targets
 from threedsr_ns.backends import make_backend
 from threedsr_ns.colorfix import bicubic_upsample
@@ -131,8 +130,7 @@ class ThreeDSRPipeline(VanillaPipeline):
                 noise_level=config.sr_noise_level)
             self.backend.check_scale(config.upscale_factor)
             self.backend.offload()
-            self.timesteps = guidance.denoise_timesteps(config.denoise_steps, self.backend.num_train_timesteps,
-                                                        config.start_timestep)
+            self.timesteps = self.backend.denoise_timesteps(config.denoise_steps, config.start_timestep)
             self.threedsr_viewer = ThreeDSRViewerPanel.for_pipeline(self)
             preflight(self)  # before any 3DGS iteration: a bad capture or backend fails now, in one line
 

@@ -23,6 +23,7 @@ from numbers import Integral
 
 import torch
 
+from threedsr_ns import guidance
 from threedsr_ns.guidance import PredictionType, Timestep
 
 
@@ -52,6 +53,23 @@ class SRBackend(ABC):
     @property
     def num_train_timesteps(self) -> int:
         return int(self.alphas_cumprod.shape[0])
+
+    @property
+    def trained_timesteps(self) -> tuple[int, int]:
+        """(lowest, highest) timestep the model was trained on, inclusive; default every training timestep.
+        A backend trained on part of the schedule overrides this, and its guidance timesteps stay inside."""
+        return 0, self.num_train_timesteps - 1
+
+    def denoise_timesteps(self, num_steps: int, start_timestep: int | None = None) -> list[int]:
+        """The K guidance timesteps t_1 > ... > t_K of this model: trailing-spaced over `trained_timesteps`, from its
+        highest (or `start_timestep`) down, the last a full interval above the lowest, so that the last step's x0
+        is the model's clean estimate at a timestep it was trained on. What the pipeline and every sampler use."""
+        low, high = self.trained_timesteps
+        if start_timestep is not None and not low <= start_timestep <= high:
+            raise ValueError(f"start timestep {start_timestep} is outside the timesteps [{low}, {high}] SR backend "
+                             f"'{self.name}' was trained on; pass a --pipeline.start-timestep in that range")
+        top = high if start_timestep is None else start_timestep
+        return [low + t for t in guidance.denoise_timesteps(num_steps, top - low + 1)]
 
     def check_scale(self, scale: int) -> None:
         """Raise a ValueError saying how to fix it when `scale` is not what this backend produces."""

@@ -1,11 +1,14 @@
 """Per-frame SR with any diffusion backend: 3DSR's K-step sampler without the 3D scene, or a plain sampler.
 
-The loop is the pipeline's (threedsr_ns.pipeline.run_guidance_step) with the 3D-consistent clean latent
-replaced by the model's own estimate, which is exactly an ancestral sampler on trailing timesteps:
+Each step is `threedsr_ns.sampler.sampler_step`, the step the pipeline's guidance runs, with the 3D-consistent
+renders replaced by the view's own previous SR image: exactly what `--pipeline.mode per-frame` does per view,
 
     x_{t1} = start_latents(E(bicubic(L)), t1)           ("noised_lr", as 3DSR) or pure noise ("noise")
-    for k = 1..K:  x0_k = predict_x0(x_{tk}, tk | L);  x_{t(k+1)} = posterior_step(x_{tk}, x0_k)  (k < K)
-    SR = colour_fix(D(x0_K), bicubic(L))
+    SR_1 = colour_fix(D(predict_x0(x_{t1}, t1 | L)))
+    for k = 2..K:  x_{tk} = posterior_step(x_{t(k-1)}, x~0 = E(SR_(k-1)));  SR_k = colour_fix(D(predict_x0(x_{tk})))
+
+on the backend's own trained timesteps (`SRBackend.denoise_timesteps`). Without the colour fix, a pixel-space
+prior's E(D(x0)) is x0 clipped to the image range, and this is an ancestral sampler on trailing timesteps.
 
 `SamplerSpec("ddpm", 4, "noised_lr")` is what 3DSR's first guidance step and its per-frame baseline do;
 `SamplerSpec("ddpm", 50, "noise")` or `("ddim", 50, ...)` is a plain full sampler with the same model.
@@ -19,7 +22,8 @@ import torch
 
 from threedsr_ns import guidance
 from threedsr_ns.backends.base import SRBackend
-from threedsr_ns.colorfix import bicubic_upsample, wavelet_color_fix
+from threedsr_ns.colorfix import bicubic_upsample
+from threedsr_ns.sampler import sampler_step
 
 
 @dataclass(frozen=True)
@@ -60,17 +64,11 @@ def sample_sr(
 ) -> torch.Tensor:
     """SR images [B, 3, s*h, s*w] in [0, 1] for LR images [B, 3, h, w] in [0, 1] (float32, on lr's device)."""
     scale = scale or backend.scale
-    timesteps = guidance.denoise_timesteps(spec.steps, backend.num_train_timesteps, spec.start_timestep)
-    lr_up = bicubic_upsample(lr_images.float(), scale)
-    encoded = backend.encode(lr_up)
-    x_t = guidance.start_latents(
-        encoded if spec.start == "noised_lr" else None, encoded.shape, timesteps[0], backend.alphas_cumprod,
-        generator, mode=spec.start, device=encoded.device,
-    )
-    x0 = x_t
-    for k, t in enumerate(timesteps):
-        x0 = backend.predict_x0(x_t, t, lr_images)
-        if k + 1 < len(timesteps):
-            x_t = guidance.posterior_step(x_t, x0, t, timesteps[k + 1], backend.alphas_cumprod, spec.kind, generator)
-    sr = backend.decode(x0)
-    return wavelet_color_fix(sr, lr_up) if color_fix else sr
+    timesteps = backend.denoise_timesteps(spec.steps, spec.start_timestep)
+    lr = lr_images.float()
+    lr_up = bicubic_upsample(lr, scale)
+    x_t, sr = None, None
+    for k in range(1, len(timesteps) + 1 if backend.is_diffusion else 2):
+        x_t, sr = sampler_step(backend, timesteps, k, lr, lr_up, generator, start_mode=spec.start,
+                               posterior=spec.kind, color_fix=color_fix, latents=x_t, toward=sr)
+    return sr
