@@ -6,6 +6,7 @@
   per-frame-interleaved  ablation: 3dsr's schedule, each step toward the view's own previous SR target, not the render
   realesrgan             Real-ESRGAN x4plus per frame (a real pretrained SR network, deterministic), then 3DGS
   3dsr                   the same backend and sampler, each step guided by the 3D-consistent renders
+  per-frame-v2, 3dsr-v2  per-frame and 3dsr with the compact-v2 prior (residual diffusion on Real-ESRGAN) as backend
   hr-3dgs                the ceiling, not a competitor: the same model trained on the GT train images at GT size for
                          N0 + K x M iterations from scratch (needs the GT of every view: prepare_llff --gt-views all)
 
@@ -51,6 +52,8 @@ METHOD_SETTINGS: Dict[str, Dict[str, str]] = {
     "per-frame-interleaved": {"mode": "per-frame-interleaved"},
     "realesrgan": {"sr_backend": "realesrgan"},
     "3dsr": {"mode": "3dsr"},
+    "per-frame-v2": {"mode": "per-frame", "sr_backend": "compact-v2"},
+    "3dsr-v2": {"mode": "3dsr", "sr_backend": "compact-v2"},
 }
 """Each method's pipeline settings; the others are shared (a diffusion method's backend is --backend)."""
 HR_3DGS = "hr-3dgs"
@@ -74,7 +77,9 @@ class Args:
     phase_iters: int = ThreeDSRPipelineConfig.phase_iters
     """M"""
     methods: Tuple[str, ...] = DEFAULT_METHODS
-    """Any of bicubic, per-frame, per-frame-interleaved, realesrgan, 3dsr, hr-3dgs."""
+    """Any of bicubic, per-frame, per-frame-interleaved, realesrgan, 3dsr, per-frame-v2, 3dsr-v2, hr-3dgs."""
+    v2_model_path: Optional[Path] = None
+    """The compact-v2 folder of the -v2 methods; default the package's."""
     share_warmup: bool = True
     """Train the LR warm-up once (runs/.../warm-up) and start every method from its checkpoint."""
     crop: int = 128
@@ -96,6 +101,8 @@ def train(method: str, args: Args, warmup_checkpoint: Optional[Path] = None) -> 
     pipeline.sr_backend = args.backend
     for name, value in METHOD_SETTINGS.get(method, {"sr_backend": "bicubic"}).items():  # no SR runs before N0
         setattr(pipeline, name, value)
+    if pipeline.sr_backend == "compact-v2" and args.v2_model_path is not None:
+        pipeline.sr_model_path = str(args.v2_model_path)
     if method == "warm-up":
         config.stop_at = args.warmup_iters
     if method == HR_3DGS:  # no SR at all: the whole run is "warm-up" on the GT-size images, cut before guidance

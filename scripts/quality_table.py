@@ -10,7 +10,9 @@ Reads each <scene>/compare.json and <scene>/crops.png; writes <out>.json
                                                                     detail_consistency, hf_energy_ratio, ...}}}}}
 
 <out>.md (one table, the paper's LLFF figures beside it, 3dsr's margins over the per-frame baseline per scene) and
-<out>-crops.png (the scenes' crops stacked). Every scene must share one protocol, schedule and backend.
+<out>-crops.png (the scenes' crops stacked). Every folder must share one protocol and schedule. Several folders of one
+scene (the same folder name, e.g. a later compare.py run of other methods with its own warm-up) are merged into that
+scene; each method records the `run` folder it came from and `backend` maps each folder to its --backend.
 """
 
 from __future__ import annotations
@@ -53,14 +55,18 @@ def merge(scenes: Tuple[Path, ...], device: str) -> dict:
         if not path.is_file():
             raise SystemExit(f"{path} not found: run scripts/compare.py --out {folder} first")
         result = json.loads(path.read_text())
-        shared = {"protocol": result["protocol"], "device": device, "schedule": result["schedule"],
-                  "backend": result["backend"]}
+        shared = {"protocol": result["protocol"], "device": device, "schedule": result["schedule"]}
         for key, value in shared.items():
             if merged.setdefault(key, value) != value:
                 raise SystemExit(f"{path}: {key} {value!r} differs from the other scenes' {merged[key]!r}")
-        merged["scenes"][folder.name] = {
-            "render_size": result["render_size"],
-            "methods": {m: {k: means.get(k) for k in KEYS} for m, means in result["methods"].items()}}
+        merged.setdefault("backend", {})[str(folder)] = result["backend"]
+        scene = merged["scenes"].setdefault(folder.name, {"render_size": result["render_size"], "methods": {}})
+        if scene["render_size"] != result["render_size"]:
+            raise SystemExit(f"{path}: render size {result['render_size']} differs from {scene['render_size']}")
+        for method, means in result["methods"].items():
+            if method in scene["methods"]:
+                raise SystemExit(f"{path}: method {method} of scene {folder.name} is in an earlier folder too")
+            scene["methods"][method] = {**{k: means.get(k) for k in KEYS}, "run": str(folder)}
     return {k: merged[k] for k in ("protocol", "device", "schedule", "backend", "scenes")}
 
 
@@ -68,24 +74,30 @@ def _fmt(value: Optional[float], digits: int) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+MARGIN_PAIRS = (("3dsr", "per-frame"), ("3dsr-v2", "per-frame-v2"), ("3dsr-v2", "3dsr"))
+"""(ours, baseline) pairs whose margins the table states, when both are in a scene."""
+
+
 def margins(table: dict) -> list[str]:
-    """3dsr against the per-frame diffusion baseline on each scene: PSNR, LPIPS-Alex, detail consistency."""
+    """3dsr against the per-frame diffusion baseline (and compact-v2's pairs) on each scene: PSNR, LPIPS-Alex,
+    detail consistency."""
     lines = []
     for scene, entry in table["scenes"].items():
-        methods = entry["methods"]
-        if "3dsr" not in methods or "per-frame" not in methods:
-            continue
-        ours, base = methods["3dsr"], methods["per-frame"]
-        parts = []
-        for key, better, digits, unit in (("psnr", 1, 3, " dB PSNR"), ("lpips_alex", -1, 4, " LPIPS-Alex"),
-                                          ("detail_consistency", 1, 4, " detail consistency")):
-            if ours.get(key) is None or base.get(key) is None:
-                parts.append(f"{key} n/a")
+        for ours_name, base_name in MARGIN_PAIRS:
+            methods = entry["methods"]
+            if ours_name not in methods or base_name not in methods:
                 continue
-            delta = ours[key] - base[key]
-            paper = f"; paper {PAPER_MARGIN[key]:+.3f}" if key in PAPER_MARGIN else ""
-            parts.append(f"{delta:+.{digits}f}{unit} ({'better' if delta * better > 0 else 'NOT better'}{paper})")
-        lines.append(f"- {scene}: 3dsr - per-frame = " + ", ".join(parts))
+            ours, base = methods[ours_name], methods[base_name]
+            parts = []
+            for key, better, digits, unit in (("psnr", 1, 3, " dB PSNR"), ("lpips_alex", -1, 4, " LPIPS-Alex"),
+                                              ("detail_consistency", 1, 4, " detail consistency")):
+                if ours.get(key) is None or base.get(key) is None:
+                    parts.append(f"{key} n/a")
+                    continue
+                delta = ours[key] - base[key]
+                paper = f"; paper {PAPER_MARGIN[key]:+.3f}" if key in PAPER_MARGIN else ""
+                parts.append(f"{delta:+.{digits}f}{unit} ({'better' if delta * better > 0 else 'NOT better'}{paper})")
+            lines.append(f"- {scene}: {ours_name} - {base_name} = " + ", ".join(parts))
     return lines
 
 
@@ -108,7 +120,7 @@ def markdown(table: dict, note: str) -> str:
     sizes = ", ".join(f"{scene} {e['render_size'][0]}x{e['render_size'][1]}" for scene, e in table["scenes"].items())
     return "\n".join([
         f"# LLFF x4 ({table['protocol']} protocol; renders {sizes})\n",
-        f"Backend `{table['backend']}`, N0={s['N0']}, K={s['K']}, M={s['M']}, {table['device'] or 'device not given'}. "
+        f"Backend {', '.join(f'`{b}` ({f})' for f, b in table['backend'].items())}, N0={s['N0']}, K={s['K']}, M={s['M']}, {table['device'] or 'device not given'}. "
         "wall / peak GPU: each method's training from the shared warm-up checkpoint on, in its own process.", "",
         note, "", *rows, "", *margins(table), "", "The paper's figures:", "", *paper, ""])
 

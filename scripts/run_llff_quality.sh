@@ -6,6 +6,7 @@
 # 73-76 it/s each under MPS. Runs detached, so that device calls of at most 10 minutes can poll it:
 #
 #   bash scripts/run_llff_quality.sh start WORK N0 M "METHODS" SCENE_DIR...   # returns at once; WORK/<scene>.log
+#   COMPARE_ARGS="--v2-model-path DIR" bash scripts/run_llff_quality.sh start ...   # more compare.py options
 #
 # A scene folder may appear only later (carried by a later device call): its job waits for <scene>/split.json.
 # Weights the machine lacks are found through THREEDSR_METRIC_WEIGHTS / THREEDSR_REALESRGAN_WEIGHTS (exported by
@@ -32,7 +33,7 @@ case "$cmd" in
         (until [ -f '$data/split.json' ]; do sleep 5; done
         start=\$(date +%s)
         python3 scripts/compare.py --data '$data' --out '$work/$scene' --backend compact --jobs $jobs --crop 256 \
-          --warmup-iters $warmup --phase-iters $phase --methods $methods > '$work/$scene.log' 2>&1
+          --warmup-iters $warmup --phase-iters $phase --methods $methods ${COMPARE_ARGS:-} > '$work/$scene.log' 2>&1
         run=\$(dirname \$(find '$work/$scene/runs' -path '*/3dsr/config.yml' | head -1))
         [ -f \$run/config.yml ] && cp \$run/contact_sheet_*.png '$work/$scene/'
         echo \"scene $scene done in \$(( \$(date +%s) - start )) s\" >> '$work/$scene.log'

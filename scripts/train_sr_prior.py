@@ -54,7 +54,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's three
 
 import tyro  # noqa: E402
 
-from threedsr_ns.backends.compact import PACKAGE_WEIGHTS_DIR  # noqa: E402
 from threedsr_ns.sr_prior import data as data_lib  # noqa: E402
 from threedsr_ns.sr_prior import train as train_lib  # noqa: E402
 
@@ -82,8 +81,8 @@ class Pack:
 class Export:
     checkpoint: Path
     """A folder written by `train`."""
-    to: Path = PACKAGE_WEIGHTS_DIR
-    """Where the package loads the compact prior from."""
+    to: Optional[Path] = None
+    """Default: where the package loads the checkpoint's kind of prior from (compact_sr_x4 or compact_sr_x4_v2)."""
 
 
 def main() -> None:

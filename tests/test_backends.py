@@ -183,7 +183,8 @@ def test_bicubic_backend() -> None:
 
 def test_make_backend_names() -> None:
     assert BACKEND_NAMES == (
-        "sd-x4-upscaler", "sd-x4-upscaler-random", "tiny-random", "bicubic", "compact", "realesrgan", "auto"
+        "sd-x4-upscaler", "sd-x4-upscaler-random", "tiny-random", "bicubic", "compact", "compact-v2", "realesrgan",
+        "auto"
     )
     with pytest.raises(ValueError) as error:
         make_backend("stablesr", device="cpu")

@@ -26,6 +26,7 @@ BACKEND_NAMES: tuple[str, ...] = (
     "tiny-random",
     "bicubic",
     "compact",
+    "compact-v2",
     "realesrgan",
     "auto",
 )
@@ -65,6 +66,8 @@ def make_backend(
       and why (`choose_auto_backend`). A `model_path` folder holding a compact prior selects "compact".
     - "compact": the project's own x4 diffusion prior, from `model_path` (a folder with config.json +
       model.safetensors) or, by default, the weights shipped in the package; never any network.
+    - "compact-v2": the project's residual diffusion prior on the frozen Real-ESRGAN x4plus (its weights found as
+      for "realesrgan"), from `model_path` or the package's compact_sr_x4_v2 folder; never any network.
     - "sd-x4-upscaler": pretrained weights from `model_path` (a local folder or hub id; default
       the hub's stabilityai/stable-diffusion-x4-upscaler).
     - "sd-x4-upscaler-random": the same architecture, full size, random weights (cost benchmarks).
@@ -104,8 +107,8 @@ def make_backend(
             logger.warning("--pipeline.sr-backend auto: loading the SD x4 upscaler failed (%s); using 'compact'",
                            " ".join(str(error).split())[:300])
             return _make_compact(None, device, dtype, seed, batch_size, scale, tile_size)
-    if name == "compact":
-        return _make_compact(model_path, device, dtype, seed, batch_size, scale, tile_size)
+    if name in ("compact", "compact-v2"):
+        return _make_compact(model_path, device, dtype, seed, batch_size, scale, tile_size, version=name)
     # Imported here: diffusers takes seconds to import, and the bicubic baseline does not need it.
     from threedsr_ns.backends.sd_upscaler import SDUpscalerBackend, build_random_sd_x4_upscaler, check_upscaler_scale
 
@@ -146,14 +149,16 @@ def _make_compact(
     batch_size: int,
     scale: int,
     tile_size: int | None = None,
+    version: str = "compact",
 ) -> SRBackend:
     from threedsr_ns.backends import compact
 
-    folder = Path(model_path) if model_path else compact.PACKAGE_WEIGHTS_DIR
+    default = compact.PACKAGE_WEIGHTS_DIR_V2 if version == "compact-v2" else compact.PACKAGE_WEIGHTS_DIR
+    folder = Path(model_path) if model_path else default
     config = compact.CompactSRConfig.load(folder)  # small: check the scale before loading the weights
     if scale != config.scale:
         raise ValueError(
-            f"SR backend 'compact' ({folder}) was trained for x{config.scale} only, but an upscale factor of "
+            f"SR backend '{config.backend_name}' ({folder}) was trained for x{config.scale} only, but an upscale factor of "
             f"{scale} was asked for; pass --pipeline.upscale-factor {config.scale} or choose "
             "--pipeline.sr-backend bicubic"
         )

@@ -1,4 +1,4 @@
-"""The project's own compact diffusion SR prior (x4, pixel space) as an SR backend: the offline default.
+"""The project's own compact diffusion SR priors (x4, pixel space) as SR backends: `compact` and `compact-v2`.
 
 What the model is
 - Pixel-space conditional diffusion: the "latents" are the HR images themselves mapped to [-1, 1]
@@ -18,6 +18,16 @@ What the model is
 - HR images larger than `tile_size` (default 512 px, either side) are denoised on overlapping tiles of
   the noisy image and the (full-image) bicubic conditioning, blended with linear ramps over `tile_overlap`
   pixels, so memory stays bounded at any size (`tiled_unet_output`).
+
+compact-v2: residual diffusion on Real-ESRGAN (config `conditioning = "realesrgan_residual"`)
+- The frozen Real-ESRGAN x4plus RRDBNet (`threedsr_ns.backends.realesrgan`; weights from the pip package, never
+  shipped here) gives per view an estimate E = RRDBNet(LR) and its penultimate activations F (64 channels at HR).
+- The diffusion runs on the residual r0 = x0 - e (e = E in [-1, 1]) with the same alphas as the image: the
+  sampler's x_t stays the noisy HR image, and since x_t = sqrt(a) (e + r0) + sqrt(1 - a) eps, the UNet is given
+  r_t = x_t - sqrt(a) e = sqrt(a) r0 + sqrt(1 - a) eps, a standard diffusion of the residual, and x0 = e + r0_hat.
+  So the pipeline's posterior steps toward encoded renders, the colour fix and the tiling are unchanged.
+- The UNet's conditioning is [bicubic(LR), e, feature_scale * F]: 70 channels beside r_t. Like SRDiff and ResShift,
+  the model only has to add what the regression misses, and its samples still differ where the LR is ambiguous.
 
 Where the weights come from
 - `CompactSRBackend.from_package()`: the folder `threedsr_ns/weights/compact_sr_x4/` shipped in the
@@ -46,6 +56,8 @@ from threedsr_ns.guidance import PredictionType, Timestep, model_output_to_x0
 
 PACKAGE_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights" / "compact_sr_x4"
 """The package data folder the `compact` backend loads by default."""
+PACKAGE_WEIGHTS_DIR_V2 = Path(__file__).resolve().parents[1] / "weights" / "compact_sr_x4_v2"
+"""The package data folder of the `compact-v2` backend (residual diffusion on Real-ESRGAN)."""
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "MODEL_CARD.md"
@@ -56,6 +68,12 @@ TRAIN_COMMAND = (
     "python scripts/train_sr_prior.py export --checkpoint outputs/compact_sr_x4"
 )
 """The commands that train and install the package weights (see the script's docstring for the GPU runs)."""
+TRAIN_COMMAND_V2 = (
+    "python scripts/train_sr_prior.py train --conditioning realesrgan_residual --data ../shared/data/sr_train "
+    "--out outputs/compact_sr_x4_v2 && python scripts/train_sr_prior.py export --checkpoint outputs/compact_sr_x4_v2"
+)
+RRDB_FEATURES = 64
+"""Channels of Real-ESRGAN x4plus's penultimate activations (compact-v2's feature conditioning)."""
 
 DEFAULT_TILE_SIZE = 512
 """HR pixels per denoising tile side; larger images are denoised in overlapping tiles."""
@@ -63,6 +81,7 @@ DEFAULT_TILE_OVERLAP = 64
 """HR pixels shared by neighbouring tiles, blended with linear ramps."""
 
 ScheduleName = Literal["logsnr_linear", "linear", "scaled_linear", "cosine"]
+Conditioning = Literal["bicubic_lr", "realesrgan_residual"]
 
 
 class CompactWeightsMissingError(FileNotFoundError):
@@ -94,8 +113,12 @@ class CompactSRConfig:
     beta_end: float = 0.02
     """Last beta ("linear", "scaled_linear")."""
     num_train_timesteps: int = 1000
-    conditioning: str = "bicubic_lr"
-    """The UNet's extra input: bicubic_upsample(LR, scale) mapped to [-1, 1]."""
+    conditioning: Conditioning = "bicubic_lr"
+    """"bicubic_lr" (compact): the UNet's extra input is bicubic_upsample(LR, scale) in [-1, 1].
+    "realesrgan_residual" (compact-v2): residual diffusion around the frozen Real-ESRGAN estimate (module docstring)."""
+    feature_scale: float = 1.0
+    """realesrgan_residual: factor on the RRDBNet activations fed to the UNet (1 / their RMS, set by the first
+    training run)."""
     model_type: str = MODEL_TYPE
     format_version: int = 1
 
@@ -114,8 +137,24 @@ class CompactSRConfig:
             raise ValueError(f'prediction_type must be "v_prediction" or "epsilon", got {self.prediction_type!r}')
         if self.schedule not in ("logsnr_linear", "linear", "scaled_linear", "cosine"):
             raise ValueError(f"unknown schedule {self.schedule!r}")
+        if self.conditioning not in ("bicubic_lr", "realesrgan_residual"):
+            raise ValueError(f'conditioning must be "bicubic_lr" or "realesrgan_residual", got {self.conditioning!r}')
         if self.schedule == "logsnr_linear" and not self.logsnr_min < self.logsnr_max:
             raise ValueError(f"logsnr_min {self.logsnr_min} must be < logsnr_max {self.logsnr_max}")
+
+    @property
+    def residual(self) -> bool:
+        """compact-v2: the diffusion runs on the residual around the Real-ESRGAN estimate."""
+        return self.conditioning == "realesrgan_residual"
+
+    @property
+    def condition_channels(self) -> int:
+        """Channels of the UNet's conditioning input (beside the 3 of x_t or r_t)."""
+        return 3 + 3 + RRDB_FEATURES if self.residual else 3
+
+    @property
+    def backend_name(self) -> str:
+        return "compact-v2" if self.residual else "compact"
 
     @property
     def size_multiple(self) -> int:
@@ -185,7 +224,7 @@ def alphas_cumprod_for(config: CompactSRConfig) -> torch.Tensor:
 def unet_kwargs(config: CompactSRConfig) -> dict[str, Any]:
     levels = len(config.block_out_channels)
     return dict(
-        in_channels=6,
+        in_channels=3 + config.condition_channels,
         out_channels=3,
         block_out_channels=tuple(config.block_out_channels),
         layers_per_block=config.layers_per_block,
@@ -223,6 +262,34 @@ def lr_condition(lr_images: torch.Tensor, scale: int) -> torch.Tensor:
     return to_model_range(bicubic_upsample(lr_images.float(), scale))
 
 
+def conditioning(
+    config: CompactSRConfig, lr_images: torch.Tensor, rrdb: torch.nn.Module | None = None, rrdb_tile: int = 0
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(the UNet's conditioning [B, condition_channels, sH, sW] float32, the anchor e [B, 3, sH, sW] in [-1, 1] or
+    None) for LR images in [0, 1]. compact: (bicubic, None). compact-v2: ([bicubic, e, feature_scale * F], e) with
+    E, F from the frozen RRDBNet `rrdb`, run on LR tiles of `rrdb_tile` pixels (0: whole images)."""
+    bicubic = lr_condition(lr_images, config.scale)
+    if not config.residual:
+        return bicubic, None
+    if rrdb is None:
+        raise ValueError("compact-v2 needs the Real-ESRGAN RRDBNet (threedsr_ns.backends.realesrgan.load_rrdbnet)")
+    from threedsr_ns.backends.realesrgan import run_tiled
+
+    rgb, features = run_tiled(rrdb, lr_images, rrdb_tile, with_features=True)
+    anchor = to_model_range(rgb.to(bicubic.device))
+    features = features.to(bicubic.device, torch.float32) * config.feature_scale
+    return torch.cat([bicubic, anchor, features], dim=1), anchor
+
+
+def residual_input(x_t: torch.Tensor, anchor: torch.Tensor | None, timesteps: torch.Tensor,
+                   alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """What the UNet denoises: x_t itself (compact), or r_t = x_t - sqrt(alpha_bar_t) e (compact-v2)."""
+    if anchor is None:
+        return x_t
+    a = alphas_cumprod.to(x_t.device, torch.float32)[timesteps.to(x_t.device).long()].view(-1, 1, 1, 1)
+    return x_t - a.sqrt() * anchor
+
+
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
     height, width = x.shape[-2:]
     pad_h, pad_w = (-height) % multiple, (-width) % multiple
@@ -235,7 +302,7 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tupl
 def unet_output(
     unet: UNet2DModel, x_t: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor, multiple: int
 ) -> torch.Tensor:
-    """The raw UNet output (v or eps) for x_t and the conditioning, both [B, 3, H, W] in the UNet's dtype.
+    """The raw UNet output (v or eps) for x_t [B, 3, H, W] and the conditioning [B, C, H, W], in the UNet's dtype.
 
     Pads H, W to `multiple` and crops the output back. Training and inference both go through here.
     """
@@ -283,7 +350,7 @@ def tiled_unet_output(
     ys, xs = tile_starts(height, tile_size, overlap), tile_starts(width, tile_size, overlap)
     if len(ys) == 1 and len(xs) == 1:
         return unet_output(unet, x_t, timesteps, condition, multiple).float()
-    total = torch.zeros(x_t.shape[0], 3, height, width, device=x_t.device, dtype=torch.float32)
+    total = torch.zeros(x_t.shape[0], x_t.shape[1], height, width, device=x_t.device, dtype=torch.float32)
     weights = torch.zeros(height, width, device=x_t.device, dtype=torch.float32)
     for y in ys:
         th = min(tile_size, height - y)
@@ -303,11 +370,12 @@ def tiled_unet_output(
 
 def _require(path: Path) -> None:
     if not path.is_file():
-        shipped = path.parent.resolve() == PACKAGE_WEIGHTS_DIR.resolve()
+        shipped = path.parent.resolve() in (PACKAGE_WEIGHTS_DIR.resolve(), PACKAGE_WEIGHTS_DIR_V2.resolve())
         where = "the package's compact SR prior folder" if shipped else "the compact SR prior folder"
+        command = TRAIN_COMMAND_V2 if path.parent.resolve() == PACKAGE_WEIGHTS_DIR_V2.resolve() else TRAIN_COMMAND
         raise CompactWeightsMissingError(
             f"{path.name} is missing from {where} {path.parent} (it needs {CONFIG_FILE} and {WEIGHTS_FILE}): "
-            f"no trained compact prior is there. Train and install one with `{TRAIN_COMMAND}` (GPU runs: see "
+            f"no trained compact prior is there. Train and install one with `{command}` (GPU runs: see "
             "scripts/train_sr_prior.py), or pass a trained folder with --pipeline.sr-model-path, or choose "
             "--pipeline.sr-backend sd-x4-upscaler or bicubic."
         )
@@ -384,9 +452,13 @@ class CompactSRBackend(SRBackend):
         source: str = "",
         tile_size: int | None = DEFAULT_TILE_SIZE,
         tile_overlap: int = DEFAULT_TILE_OVERLAP,
+        rrdb: torch.nn.Module | None = None,
+        rrdb_weights: str | Path | None = None,
     ) -> None:
         """Wrap a UNet; use `from_package` or `from_folder` to load trained weights. tile_size (HR pixels, a
-        multiple of config.size_multiple; None or 0: never tile) and tile_overlap: see `tiled_unet_output`."""
+        multiple of config.size_multiple; None or 0: never tile) and tile_overlap: see `tiled_unet_output`.
+        compact-v2 also needs the frozen Real-ESRGAN RRDBNet: `rrdb`, or loaded from `rrdb_weights` (default: the
+        lookup of threedsr_ns.backends.realesrgan, i.e. THREEDSR_REALESRGAN_WEIGHTS, its cache, the pip package)."""
         if tile_size:
             if tile_size % config.size_multiple or not 0 <= tile_overlap <= tile_size // 2:
                 raise ValueError(
@@ -396,6 +468,7 @@ class CompactSRBackend(SRBackend):
         self.tile_size = tile_size or None
         self.tile_overlap = tile_overlap
         self.config = config
+        self.name = config.backend_name
         self.scale = config.scale
         self.prediction_type = config.prediction_type
         self.alphas_cumprod = alphas_cumprod_for(config)
@@ -408,6 +481,14 @@ class CompactSRBackend(SRBackend):
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         # Plain Module.to: diffusers' override warns on dtype casts.
         self.unet = torch.nn.Module.to(unet, device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+        self.rrdb = None
+        if config.residual:
+            from threedsr_ns.backends.realesrgan import load_rrdbnet
+
+            if rrdb is None:
+                rrdb, rrdb_source = load_rrdbnet(rrdb_weights, self.device, self.dtype)
+                self.source = f"{source} + Real-ESRGAN x4plus from {rrdb_source}" if source else rrdb_source
+            self.rrdb = rrdb.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
 
     @classmethod
     def from_folder(
@@ -420,11 +501,12 @@ class CompactSRBackend(SRBackend):
         seed: int = 0,
         tile_size: int | None = DEFAULT_TILE_SIZE,
         tile_overlap: int = DEFAULT_TILE_OVERLAP,
+        rrdb_weights: str | Path | None = None,
     ) -> CompactSRBackend:
         """Load config.json + model.safetensors from `path` (no network)."""
         unet, config = load_unet(path)
         return cls(unet, config, device=device, dtype=dtype, batch_size=batch_size, seed=seed, source=str(path),
-                   tile_size=tile_size, tile_overlap=tile_overlap)
+                   tile_size=tile_size, tile_overlap=tile_overlap, rrdb_weights=rrdb_weights)
 
     @classmethod
     def from_package(
@@ -446,6 +528,8 @@ class CompactSRBackend(SRBackend):
     def to(self, device: torch.device | str) -> CompactSRBackend:
         self.device = torch.device(device)
         torch.nn.Module.to(self.unet, self.device)
+        if self.rrdb is not None:
+            self.rrdb.to(self.device)
         return self
 
     def encode(self, hr_images: torch.Tensor) -> torch.Tensor:
@@ -491,21 +575,25 @@ class CompactSRBackend(SRBackend):
     def _predict_x0_batch(self, x_t: torch.Tensor, timesteps: torch.Tensor, lr_images: torch.Tensor) -> torch.Tensor:
         x_t = x_t.to(device=self.device, dtype=torch.float32)
         timesteps = timesteps.to(self.device)
-        condition = lr_condition(lr_images.to(self.device), self.scale)
+        rrdb_tile = (self.tile_size or 0) // self.scale
+        condition, anchor = conditioning(self.config, lr_images.to(self.device), self.rrdb, rrdb_tile)
+        model_x = residual_input(x_t, anchor, timesteps, self.alphas_cumprod)
         if self.tile_size:
-            output = tiled_unet_output(self.unet, x_t.to(self.dtype), timesteps, condition.to(self.dtype),
+            output = tiled_unet_output(self.unet, model_x.to(self.dtype), timesteps, condition.to(self.dtype),
                                        self.config.size_multiple, self.tile_size, self.tile_overlap)
         else:
             output = unet_output(
-                self.unet, x_t.to(self.dtype), timesteps, condition.to(self.dtype), self.config.size_multiple
+                self.unet, model_x.to(self.dtype), timesteps, condition.to(self.dtype), self.config.size_multiple
             ).float()
-        return model_output_to_x0(output, x_t, timesteps, self.alphas_cumprod, self.prediction_type)
+        x0 = model_output_to_x0(output, model_x, timesteps, self.alphas_cumprod, self.prediction_type)
+        return x0 if anchor is None else x0 + anchor
 
 
 __all__ = [
     "CARD_FILE",
     "CONFIG_FILE",
     "PACKAGE_WEIGHTS_DIR",
+    "PACKAGE_WEIGHTS_DIR_V2",
     "TRAIN_COMMAND",
     "WEIGHTS_FILE",
     "CompactSRBackend",
@@ -513,6 +601,8 @@ __all__ = [
     "CompactWeightsMissingError",
     "alphas_cumprod_for",
     "build_unet",
+    "conditioning",
+    "residual_input",
     "count_parameters",
     "is_compact_folder",
     "lr_condition",

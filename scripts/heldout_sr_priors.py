@@ -1,0 +1,45 @@
+"""The held-out table of the SR priors: bicubic, Real-ESRGAN x4plus, compact (v1) and compact-v2.
+
+    python scripts/heldout_sr_priors.py --out benchmarks/results/heldout-sr-priors
+    python3 scripts/heldout_sr_priors.py --data .data/sr_pack/heldout.npz --v2-model-path /root/v2 --out $OUT/priors
+
+Writes <out>.json (keys bicubic, realesrgan, compact, compact-v2, each with psnr, ssim, lpips_alex, dists,
+hf_energy_ratio, seed_spread; plus meta and per-photo values), <out>.md and <out>-crops.png. Definitions:
+threedsr_ns/sr_prior/compare_priors.py.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's threedsr_ns without an install
+
+import tyro  # noqa: E402
+
+from threedsr_ns.backends import make_backend  # noqa: E402
+from threedsr_ns.sr_prior.compare_priors import PriorsConfig, compare_priors, markdown_table  # noqa: E402
+
+
+@dataclass
+class Args(PriorsConfig):
+    v1_model_path: Optional[Path] = None
+    """compact: default the package's weights."""
+    v2_model_path: Optional[Path] = None
+    """compact-v2: default the package's weights."""
+
+
+def main() -> None:
+    args = tyro.cli(Args, description=__doc__)
+    paths = {"compact": args.v1_model_path, "compact-v2": args.v2_model_path}
+    backends = {name: make_backend(name, model_path=str(paths[name]) if paths.get(name) else None, device=args.device,
+                                   seed=args.seed) for name in args.methods}
+    result = compare_priors(args, backends)
+    print(markdown_table(result, list(args.methods)))
+    print(f"wrote {args.out}.json, .md, -crops.png in {result['meta']['wall_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
