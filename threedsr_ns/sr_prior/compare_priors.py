@@ -92,9 +92,10 @@ def compare_priors(cfg: PriorsConfig, backends: dict[str, SRBackend]) -> dict:
             lr_dev = lr.to(backend.device)
             seeds = cfg.seeds if backend.is_diffusion else 1
             samples = torch.cat([sample_sr(backend, lr_dev, spec, torch.Generator("cpu").manual_seed(cfg.seed + i))
-                                 for i in range(seeds)]).cpu()
-            per_photo[name].append({"photo": photo.name, **photo_metrics(samples, gt, cfg.metric_weights, notes)})
-            row[name] = samples[:2]
+                                 for i in range(seeds)])  # scored on the backend's device: LPIPS / DISTS too
+            per_photo[name].append({"photo": photo.name, **photo_metrics(samples, gt.to(samples.device),
+                                                                         cfg.metric_weights, notes)})
+            row[name] = samples[:2].cpu()
         if len(figure) < cfg.figure_photos:
             figure.append(row)
         print(f"[heldout_sr_priors] {index + 1}/{len(photos)} {photo.name}: " + ", ".join(
