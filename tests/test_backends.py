@@ -97,6 +97,20 @@ def test_predict_x0_shape_finite_and_timestep_forms(tiny: SDUpscalerBackend) -> 
         tiny.predict_x0(x_t, torch.tensor([1, 2, 3]), lr)
 
 
+def test_predict_x0_takes_one_generator_per_view(tiny: SDUpscalerBackend) -> None:
+    """The LR noise augmentation of view i comes from generator i: a batch equals its views run one at a time, and
+    another generator for view 1 changes view 1 only."""
+    x_t, lr = _inputs()
+    both = tiny.predict_x0(x_t, 600, lr, generator=[_gen(10), _gen(11)])
+    alone = [tiny.predict_x0(x_t[i : i + 1], 600, lr[i : i + 1], generator=[_gen(10 + i)]) for i in range(2)]
+    torch.testing.assert_close(both, torch.cat(alone))
+    other = tiny.predict_x0(x_t, 600, lr, generator=[_gen(10), _gen(12)])
+    torch.testing.assert_close(other[0], both[0])
+    assert not torch.allclose(other[1], both[1])
+    with pytest.raises(ValueError, match="generators for a batch of 2"):
+        tiny.predict_x0(x_t, 600, lr, generator=[_gen(10)])
+
+
 def test_predict_x0_is_deterministic_under_seed() -> None:
     x_t, lr = _inputs()
     first, again, other = (

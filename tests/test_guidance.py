@@ -16,6 +16,8 @@ from threedsr_ns.guidance import (
     posterior_step,
     q_sample,
     start_latents,
+    view_generators,
+    view_seed,
 )
 
 # The SD x4 upscaler's schedule.
@@ -153,6 +155,28 @@ def test_start_latents_modes(alphas_cumprod: torch.Tensor) -> None:
         start_latents(encoded, (1, 4, 6, 7), 999, alphas_cumprod, _gen(9), "noised_lr")
     with pytest.raises(ValueError, match="start mode"):
         start_latents(encoded, encoded.shape, 999, alphas_cumprod, _gen(9), "zeros")  # type: ignore[arg-type]
+
+
+def test_view_generators_draw_each_view_alone_whatever_its_batch(alphas_cumprod: torch.Tensor) -> None:
+    """A batch of 3 views with one generator each equals the views drawn one at a time (start and posterior)."""
+    encoded = torch.randn(3, 4, 6, 7, generator=_gen(8))
+    x0 = torch.randn(3, 4, 6, 7, generator=_gen(10))
+    together = start_latents(encoded, encoded.shape, 749, alphas_cumprod, view_generators(5, 1, [0, 1, 2]), "noised_lr")
+    stepped = posterior_step(together, x0, 749, 499, alphas_cumprod, generator=view_generators(5, 2, [0, 1, 2]))
+    for i in range(3):
+        alone = start_latents(encoded[i : i + 1], (1, 4, 6, 7), 749, alphas_cumprod, view_generators(5, 1, [i]),
+                              "noised_lr")
+        assert torch.equal(together[i : i + 1], alone)
+        step_alone = posterior_step(alone, x0[i : i + 1], 749, 499, alphas_cumprod, generator=view_generators(5, 2, [i]))
+        assert torch.equal(stepped[i : i + 1], step_alone)
+    noise = start_latents(None, (3, 4, 6, 7), 999, alphas_cumprod, view_generators(5, 1, [7, 8, 9]), "noise")
+    assert torch.equal(noise[2], torch.randn(4, 6, 7, generator=_gen(view_seed(5, 1, 9))))
+    assert not torch.equal(noise[0], noise[1])  # every view has its own stream
+    assert len({view_seed(0, k, v) for k in range(1, 5) for v in range(500)}) == 4 * 500
+    with pytest.raises(ValueError, match="one per batch element"):
+        start_latents(None, (3, 4, 6, 7), 999, alphas_cumprod, view_generators(5, 1, [0, 1]), "noise")
+    with pytest.raises(ValueError, match="guidance-seed"):
+        view_seed(2**32, 1, 0)
 
 
 # ---- posterior steps ----------------------------------------------------------------------------

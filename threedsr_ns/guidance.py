@@ -11,6 +11,9 @@ Conventions:
 - `t` is a Python int or an integer tensor with one timestep per batch element.
 - A previous timestep of -1 means "clean" (alpha_bar = 1): a step to it returns x0.
 - Results come back in the dtype of the input latents; all arithmetic is done in float32.
+- Noise comes from one `torch.Generator` for the whole batch, or from a sequence of generators, one per batch
+  element (`view_generators`): each element's noise is then drawn from its own generator and the draws are stacked,
+  so a view's noise does not depend on which other views share its batch (or process).
 """
 
 from __future__ import annotations
@@ -25,6 +28,29 @@ StepKind = Literal["ddpm", "ddim"]
 StartMode = Literal["noised_lr", "noise"]
 
 Timestep = int | torch.Tensor
+Generators = torch.Generator | Sequence[torch.Generator] | None
+"""One generator for the batch, one per batch element, or None (the global RNG)."""
+
+VIEW_SEED_STRIDE = 1_000_003
+"""view_seed's stride between guidance steps: (seed, k, view) -> seed + 1_000_003 k + view is one-to-one for the
+views of any capture (< 1_000_003 views)."""
+
+
+def view_seed(seed: int, k: int, view: int) -> int:
+    """Seed of view `view`'s generator at guidance step k: seed + 1_000_003 * k + view (distinct for every (k, view)
+    of a run, and a function of the view's index only, never of how the views are batched or split)."""
+    value = seed + VIEW_SEED_STRIDE * k + view
+    if not 0 <= value < 2**32:  # torch's CPU generator (mt19937) keeps the low 32 bits of its seed
+        raise ValueError(f"view seed {value} (seed {seed}, step {k}, view {view}) is outside [0, 2**32); "
+                         "pass a smaller --pipeline.guidance-seed")
+    return value
+
+
+def view_generators(seed: int, k: int, views: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per view, seeded with `view_seed(seed, k, view)`: the noise of guidance step k. CPU
+    generators draw the same numbers on every machine; the noise is moved to the latents' device. Each view's
+    generator gives, in order, its start or posterior noise and then any conditioning noise of the SR model."""
+    return [torch.Generator("cpu").manual_seed(view_seed(seed, k, int(v))) for v in views]
 
 
 def denoise_timesteps(num_steps: int, num_train_timesteps: int = 1000, start_timestep: int | None = None) -> list[int]:
@@ -71,13 +97,21 @@ def _alpha_bar(alphas_cumprod: torch.Tensor, t: Timestep, like: torch.Tensor) ->
     return alpha_bar.reshape(-1, *([1] * (like.ndim - 1)))
 
 
-def _randn(shape: Sequence[int], device: torch.device | str, generator: torch.Generator | None) -> torch.Tensor:
-    """Float32 standard noise on `device`, drawn on the generator's device (reproducible across devices)."""
-    draw_device = generator.device if generator is not None else device
-    return torch.randn(tuple(shape), generator=generator, device=draw_device, dtype=torch.float32).to(device)
+def _randn(shape: Sequence[int], device: torch.device | str, generator: Generators) -> torch.Tensor:
+    """Float32 standard noise on `device`, drawn on the generator's device (reproducible across devices).
+    A sequence of generators draws element i of the batch (shape[0]) from generator i."""
+    shape = tuple(shape)
+    if generator is None or isinstance(generator, torch.Generator):
+        draw_device = generator.device if generator is not None else device
+        return torch.randn(shape, generator=generator, device=draw_device, dtype=torch.float32).to(device)
+    generators = list(generator)
+    if not shape or len(generators) != shape[0]:
+        raise ValueError(f"{len(generators)} generators for a batch of shape {shape}: pass one per batch element")
+    draws = [torch.randn(shape[1:], generator=g, device=g.device, dtype=torch.float32).to(device) for g in generators]
+    return torch.stack(draws) if draws else torch.empty(shape, device=device, dtype=torch.float32)
 
 
-def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def _randn_like(x: torch.Tensor, generator: Generators) -> torch.Tensor:
     return _randn(x.shape, x.device, generator)
 
 
@@ -95,7 +129,7 @@ def start_latents(
     shape: Sequence[int],
     t1: Timestep,
     alphas_cumprod: torch.Tensor,
-    generator: torch.Generator | None,
+    generator: Generators,
     mode: StartMode,
     *,
     device: torch.device | str | None = None,
@@ -105,7 +139,8 @@ def start_latents(
     "noised_lr": q_sample(E(bicubic(L)), t_1), StableSR-style (and the official 3DSR code): the
     sampler starts from the upsampled LR, so its low frequencies are right from the first step.
     "noise": pure Gaussian noise of `shape` (the usual sampler start; `encoded` is ignored).
-    `device` is where pure-noise latents go (default: `encoded`'s device, else CPU).
+    `device` is where pure-noise latents go (default: `encoded`'s device, else CPU). `generator`: one for the
+    batch or one per batch element.
     """
     shape = tuple(shape)
     if mode == "noised_lr":
@@ -152,7 +187,7 @@ def ddpm_posterior_step(
     t: Timestep,
     t_prev: Timestep,
     alphas_cumprod: torch.Tensor,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> torch.Tensor:
     """Sample q(x_{t_prev} | x_t, x0) for any t_prev < t (the steps need not be adjacent).
 
@@ -191,9 +226,10 @@ def posterior_step(
     t_prev: Timestep,
     alphas_cumprod: torch.Tensor,
     kind: StepKind = "ddpm",
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> torch.Tensor:
-    """x_{t_prev} from x_t toward x0 with the chosen step ("ddpm": stochastic posterior, "ddim": eta 0)."""
+    """x_{t_prev} from x_t toward x0 with the chosen step ("ddpm": stochastic posterior, "ddim": eta 0).
+    `generator`: one for the batch or one per batch element."""
     if kind == "ddpm":
         return ddpm_posterior_step(x_t, x0, t, t_prev, alphas_cumprod, generator)
     if kind == "ddim":

@@ -13,6 +13,10 @@ state (steps done, latents in fp16, SR targets as uint8) is part of the pipeline
 resume it. A training pipeline runs `threedsr_ns.preflight` when it is built: bad input fails before the warm-up.
 When the SR targets exceed `--pipeline.datamanager.targets-on-gpu-max-gb`, the step's full-size tensors (LR,
 latents, renders, SR images) are kept on the CPU and the backend moves one batch of views at a time to the GPU.
+Each view's diffusion noise at step k comes from its own generator (guidance.view_generators). With
+`--pipeline.guidance-devices N` > 1 the guidance steps are sharded by view over N processes (threedsr_ns.distributed:
+workers on cuda:1..N-1 over NCCL, or CPU processes over gloo); 3DGS, the viewer and checkpoints stay in this one,
+and the SR targets are bit-identical to N = 1's.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from threedsr_ns.artifacts import contact_sheet, save_sr_targets
 from threedsr_ns.backends import make_backend
 from threedsr_ns.colorfix import bicubic_upsample
 from threedsr_ns.datamanager import ThreeDSRDataManager, ThreeDSRDataManagerConfig
+from threedsr_ns.distributed import GuidanceGroup, check_guidance_devices
+from threedsr_ns.guidance import view_generators
 from threedsr_ns.model import ThreeDSRModel, ThreeDSRModelConfig, eval_mode
 from threedsr_ns.phases import PhaseSchedule
 from threedsr_ns.preflight import preflight
@@ -90,7 +96,11 @@ class ThreeDSRPipelineConfig(VanillaPipelineConfig):
     guidance_batch_size: int = 8
     """Views per batch through the SR model's VAE and denoiser."""
     guidance_seed: int = 0
-    """Seed of the diffusion noise, for reproducible runs."""
+    """Seed of the diffusion noise, for reproducible runs: view i's noise at step k comes from its own generator,
+    seeded guidance_seed + 1_000_003 k + i, so the SR targets do not depend on batching or --guidance-devices."""
+    guidance_devices: int = 1
+    """Processes the guidance steps are sharded over, by view: N > 1 on CUDA spawns workers on cuda:1..N-1 (each
+    with its own frozen copy of the SR model, over NCCL); on the CPU, N gloo processes. 3DGS trains here only."""
     save_artifacts: bool = True
     """Write each guidance step's SR targets (PNG) and contact sheets into the run's folder, for people."""
 
@@ -122,17 +132,19 @@ class ThreeDSRPipeline(VanillaPipeline):
         self.backend = None
         self.threedsr_viewer: Optional[ThreeDSRViewerPanel] = None
         """The 3DSR panel of the viewer (training only); an nn.Module so nerfstudio's viewer finds its elements."""
+        self.guidance_group: Optional[GuidanceGroup] = None
+        """The worker processes of --pipeline.guidance-devices > 1 (threedsr_ns.distributed), until the last step."""
         if test_mode == "val":  # training: load (and check) the SR model now, not after a 30k-step warm-up
-            self.backend = make_backend(
-                config.sr_backend, model_path=config.sr_model_path, device=self.device, seed=config.guidance_seed,
-                batch_size=config.guidance_batch_size, scale=config.upscale_factor, prompt=config.sr_prompt,
-                negative_prompt=config.sr_negative_prompt, guidance_scale=config.sr_guidance_scale,
-                noise_level=config.sr_noise_level)
+            check_guidance_devices(config.guidance_devices, self.device)
+            self.backend = make_backend(**backend_kwargs(config), device=self.device)
             self.backend.check_scale(config.upscale_factor)
             self.backend.offload()
             self.timesteps = self.backend.denoise_timesteps(config.denoise_steps, config.start_timestep)
             self.threedsr_viewer = ThreeDSRViewerPanel.for_pipeline(self)
             preflight(self)  # before any 3DGS iteration: a bad capture or backend fails now, in one line
+            if config.guidance_devices > 1:  # the workers build their backends while the warm-up runs
+                self.guidance_group = GuidanceGroup.launch(config.guidance_devices,
+                                                           worker_backend_kwargs(config, self.backend), self.device)
 
     # -- the loop ---------------------------------------------------------------------------------------
 
@@ -154,6 +166,14 @@ class ThreeDSRPipeline(VanillaPipeline):
         """Run every guidance step whose phase boundary has been reached (one, except after a resume)."""
         while self.steps_done < self.schedule.denoise_steps and step >= self.schedule.guidance_step_start(self.steps_done + 1):
             self.run_guidance_step(self.steps_done + 1, step)
+        if self.steps_done >= self.schedule.denoise_steps:  # e.g. resumed after the last step
+            self.close_guidance_group()
+
+    def close_guidance_group(self) -> None:
+        """Stop the guidance workers (if any): after the last sampler step, or when training stops."""
+        if self.guidance_group is not None:
+            self.guidance_group.close()
+            self.guidance_group = None
 
     def viewer_progress_callback(self, step: int) -> None:
         assert self.threedsr_viewer is not None
@@ -195,6 +215,8 @@ class ThreeDSRPipeline(VanillaPipeline):
                 self.threedsr_viewer.on_swap(dm.sr_targets)
         backend.offload()
         self.steps_done = k
+        if k == cfg.denoise_steps or cfg.mode == "per-frame" or not backend.is_diffusion:  # no sampler step is left
+            self.close_guidance_group()
         self.model.start_hr_phase(step, cfg.phase_iters)
         self._restart_lr_schedules()
         self.guidance_log.append({"step": k, "iteration": step, **timer.seconds})
@@ -205,10 +227,16 @@ class ThreeDSRPipeline(VanillaPipeline):
                       toward: Optional[torch.Tensor] = None) -> torch.Tensor:
         """threedsr_ns.sampler's step k for every train view, from (and into) self.latents; the SR images."""
         cfg = self.config
-        generator = torch.Generator(device=self.device).manual_seed(cfg.guidance_seed + k)
-        x_t, sr = sampler_step(self.backend, self.timesteps, k, lr, lr_up, generator, start_mode=cfg.start_latents,
-                               posterior=cfg.posterior, color_fix=cfg.color_fix, latents=self.latents, toward=toward,
-                               timer=timer)
+        if self.guidance_group is not None:  # sharded by view over the group's processes
+            x_t, sr = self.guidance_group.sampler_step(
+                self.backend, self.timesteps, k, lr, lr_up, cfg.guidance_seed, scale=cfg.upscale_factor,
+                start_mode=cfg.start_latents, posterior=cfg.posterior, color_fix=cfg.color_fix, latents=self.latents,
+                toward=toward, timer=timer)
+        else:
+            generators = view_generators(cfg.guidance_seed, k, range(lr.shape[0]))  # one per view
+            x_t, sr = sampler_step(self.backend, self.timesteps, k, lr, lr_up, generators,
+                                   start_mode=cfg.start_latents, posterior=cfg.posterior, color_fix=cfg.color_fix,
+                                   latents=self.latents, toward=toward, timer=timer)
         self.latents = x_t.float()
         return sr
 
@@ -237,8 +265,8 @@ class ThreeDSRPipeline(VanillaPipeline):
         views = range(len(cameras)) if views is None else views
         with eval_mode(self.model):
             images = [self.model.get_outputs_for_camera(cameras[i : i + 1])["rgb"].to(device or self.device)
-                      for i in views]
-        return torch.stack(images).permute(0, 3, 1, 2).clamp(0.0, 1.0)
+                      .permute(2, 0, 1) for i in views]
+        return torch.stack(images).clamp_(0.0, 1.0)  # contiguous [N, 3, H, W]: the sampler encodes it as it is
 
     def _restart_lr_schedules(self) -> None:
         """Each HR phase restarts the learning-rate schedules from their initial rates, as the official code does."""
@@ -270,6 +298,25 @@ class ThreeDSRPipeline(VanillaPipeline):
             self.model.start_hr_phase(self.schedule.guidance_step_start(self.steps_done), self.config.phase_iters)
         latents = state["latents"]
         self.latents = None if latents is None else latents.float().to(self.datamanager.targets_device)
+
+
+def backend_kwargs(config: ThreeDSRPipelineConfig) -> Dict:
+    """make_backend's arguments for the pipeline's SR model (all but the device)."""
+    return dict(name=config.sr_backend, model_path=config.sr_model_path, seed=config.guidance_seed,
+                batch_size=config.guidance_batch_size, scale=config.upscale_factor, prompt=config.sr_prompt,
+                negative_prompt=config.sr_negative_prompt, guidance_scale=config.sr_guidance_scale,
+                noise_level=config.sr_noise_level)
+
+
+def worker_backend_kwargs(config: ThreeDSRPipelineConfig, backend) -> Dict:
+    """make_backend's arguments for a guidance worker's copy of `backend`: `auto` resolved to what it chose here, so
+    that every rank holds the same model."""
+    kwargs = backend_kwargs(config)
+    if config.sr_backend == "auto":
+        kwargs["name"] = "sd-x4-upscaler" if backend.name == "sd-x4-upscaler" else "compact"
+        if kwargs["name"] == "compact":
+            kwargs["model_path"] = getattr(backend, "source", None) or None
+    return kwargs
 
 
 def _to_uint8(images: torch.Tensor) -> torch.Tensor:

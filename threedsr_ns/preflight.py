@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-import torch
 from nerfstudio.utils.rich_utils import CONSOLE
 
 if TYPE_CHECKING:
@@ -29,6 +28,7 @@ class PreflightError(ValueError):
 def preflight(pipeline: "ThreeDSRPipeline") -> None:
     """Check the capture and run the guidance path once, at a tiny size, before the warm-up."""
     from threedsr_ns.colorfix import bicubic_upsample
+    from threedsr_ns.guidance import view_generators
     from threedsr_ns.sampler import sampler_step
 
     start = time.perf_counter()
@@ -45,10 +45,10 @@ def preflight(pipeline: "ThreeDSRPipeline") -> None:
     ph, pw = min(h, PROBE_LR_SIDE), min(w, PROBE_LR_SIDE)
     lr = dm.lr_images()[:1, :, :ph, :pw].to(pipeline.device)
     lr_up = bicubic_upsample(lr, s)
-    generator = torch.Generator(device=pipeline.device).manual_seed(cfg.guidance_seed)
+    generators = view_generators(cfg.guidance_seed, 0, range(1))  # one per view, as the guidance steps draw them
     backend.to(pipeline.device)
     try:
-        _, sr = sampler_step(backend, pipeline.timesteps, 1, lr, lr_up, generator, start_mode=cfg.start_latents,
+        _, sr = sampler_step(backend, pipeline.timesteps, 1, lr, lr_up, generators, start_mode=cfg.start_latents,
                              color_fix=cfg.color_fix)
     except (RuntimeError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -4,12 +4,19 @@ both run it (threedsr_ns.guidance holds the maths, the backend the model).
     k = 1:  x_{t1} = start_latents(E(bicubic(L)), t1)     (or pure noise)
     k > 1:  x_{tk} = posterior(x_{t(k-1)}, x~0 = E(toward))   toward: renders (3dsr) or the previous SR images
     then    x0 = predict_x0(x_{tk}, tk | L);  SR = colour_fix(D(x0), bicubic(L))
+
+`generator` is one torch.Generator for the whole batch, or one per view (guidance.view_generators: what the pipeline
+passes). With one per view, every view's result is a function of that view alone, whatever the views batched or
+split over processes with it: its start/posterior noise comes from its own generator, a backend whose conditioning
+is noisy (the SD x4's LR noise augmentation) gets that view's generator for it, and the colour fix runs in the
+backend's batches, so that the view sees the same batch composition as long as its batch is the same
+(threedsr_ns.distributed shards whole batches).
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Callable, ContextManager, Optional, Sequence, Tuple
+from typing import Callable, ContextManager, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -17,9 +24,25 @@ from threedsr_ns import guidance
 from threedsr_ns.colorfix import wavelet_color_fix
 
 
+def _predict_x0(backend, x_t: torch.Tensor, t: int, lr: torch.Tensor,
+                generator: Union[torch.Generator, Sequence[torch.Generator], None]) -> torch.Tensor:
+    """backend.predict_x0. One generator (or None): the backend's own conditioning noise, as before. One generator
+    per view: a backend with noisy conditioning gets each view's generator, in one call when it declares
+    `accepts_view_generators` (a sequence of generators), else one call per view; a deterministic one runs batched."""
+    noisy = getattr(backend, "draws_conditioning_noise", False)
+    if generator is None or isinstance(generator, torch.Generator) or not noisy:
+        return backend.predict_x0(x_t, t, lr)
+    generators = list(generator)
+    if getattr(backend, "accepts_view_generators", False):
+        return backend.predict_x0(x_t, t, lr, generator=generators)
+    return torch.cat([backend.predict_x0(x_t[i : i + 1], t, lr[i : i + 1], generator=g)
+                      for i, g in enumerate(generators)])
+
+
 def sampler_step(backend, timesteps: Sequence[int], k: int, lr: torch.Tensor, lr_up: torch.Tensor,
-                 generator: Optional[torch.Generator], *, start_mode: guidance.StartMode = "noised_lr",
-                 posterior: guidance.StepKind = "ddpm", color_fix: bool = True,
+                 generator: Union[torch.Generator, Sequence[torch.Generator], None], *,
+                 start_mode: guidance.StartMode = "noised_lr", posterior: guidance.StepKind = "ddpm",
+                 color_fix: bool = True,
                  latents: Optional[torch.Tensor] = None, toward: Optional[torch.Tensor] = None,
                  timer: Optional[Callable[[str], ContextManager]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Step k (1-based) for a batch of views: (x_{t_k}, colour-fixed SR images [B, 3, sH, sW]).
@@ -27,8 +50,15 @@ def sampler_step(backend, timesteps: Sequence[int], k: int, lr: torch.Tensor, lr
     lr [B, 3, h, w] and lr_up (its bicubic upsampling) in [0, 1]; the step works on lr's device. k > 1 needs
     `latents` (x_{t_(k-1)}) and `toward` (images whose encoding is the clean latent), unless the backend is not a
     diffusion model (it ignores x_t: every step starts afresh). `timer(name)` times the parts (encode, denoise,
-    decode)."""
+    decode). `generator`: one for the batch, or one per view (see the module docstring)."""
+    if generator is not None and not isinstance(generator, torch.Generator) and len(generator) != lr.shape[0]:
+        raise ValueError(f"{len(generator)} generators for {lr.shape[0]} views: pass one generator, or one per view")
     section = timer or (lambda name: nullcontext())
+    # one memory layout whatever the caller's (renders come permuted): the kernels' rounding depends on the layout,
+    # and a view's result must not depend on whether it came through a process boundary
+    lr, lr_up = lr.contiguous(), lr_up.contiguous()
+    latents = None if latents is None else latents.contiguous()
+    toward = None if toward is None else toward.contiguous()
     t = timesteps[k - 1]
     if k == 1 or not backend.is_diffusion:
         with section("encode"):
@@ -43,9 +73,11 @@ def sampler_step(backend, timesteps: Sequence[int], k: int, lr: torch.Tensor, lr
         x_t = guidance.posterior_step(latents.to(lr.device).float(), x0_target, timesteps[k - 2], t,
                                       backend.alphas_cumprod, generator=generator, kind=posterior)
     with section("denoise"):
-        x0 = backend.predict_x0(x_t, t, lr)
+        x0 = _predict_x0(backend, x_t, t, lr, generator)
     with section("decode"):
         sr = backend.decode(x0)
         if color_fix:
-            sr = wavelet_color_fix(sr, lr_up)
+            step = max(int(getattr(backend, "batch_size", 0) or sr.shape[0]), 1)  # the backend's batches
+            sr = torch.cat([wavelet_color_fix(sr[i : i + step], lr_up[i : i + step])
+                            for i in range(0, sr.shape[0], step)]) if sr.shape[0] else sr
     return x_t, sr

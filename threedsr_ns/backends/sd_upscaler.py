@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -64,6 +65,9 @@ def check_upscaler_scale(name: str, scale: int, produced: int = 4) -> None:
 
 class SDUpscalerBackend(SRBackend):
     is_diffusion = True
+    draws_conditioning_noise = True
+    accepts_view_generators = True
+    """predict_x0 takes one generator per view for the LR noise augmentation (threedsr_ns.sampler)."""
 
     def __init__(
         self,
@@ -272,8 +276,9 @@ class SDUpscalerBackend(SRBackend):
         x_t: torch.Tensor,
         t: Timestep,
         lr_images: torch.Tensor,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> torch.Tensor:
+        """`generator`: one for the batch's LR noise augmentation, or one per view (each view's noise its own)."""
         batch = x_t.shape[0]
         if x_t.ndim != 4 or x_t.shape[1] != self.vae.config.latent_channels:
             raise ValueError(f"x_t must be [B, {self.vae.config.latent_channels}, h, w], got {tuple(x_t.shape)}")
@@ -286,8 +291,14 @@ class SDUpscalerBackend(SRBackend):
         if timesteps.shape[0] not in (1, batch):
             raise ValueError(f"t has {timesteps.shape[0]} timesteps for a batch of {batch}")
         timesteps = timesteps.expand(batch)
-        # The LR noise augmentation is drawn for all views at once, so batching does not change it.
-        noise = torch.randn(lr_images.shape, generator=generator or self.generator, dtype=torch.float32)
+        if generator is not None and not isinstance(generator, torch.Generator):  # one per view
+            generators = list(generator)
+            if len(generators) != batch:
+                raise ValueError(f"{len(generators)} generators for a batch of {batch}: pass one, or one per view")
+            noise = torch.stack([torch.randn(lr_images.shape[1:], generator=g, device=g.device, dtype=torch.float32)
+                                 .cpu() for g in generators])
+        else:  # drawn for all views at once, so batching does not change it
+            noise = torch.randn(lr_images.shape, generator=generator or self.generator, dtype=torch.float32)
         return self._in_batches(self._predict_x0_batch, x_t, timesteps, lr_images, noise).to(x_t.device)
 
     # ---- per-batch work (on self.device, under no_grad via _in_batches) -----------------------
