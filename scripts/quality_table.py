@@ -95,7 +95,8 @@ def margins(table: dict) -> list[str]:
                     parts.append(f"{key} n/a")
                     continue
                 delta = ours[key] - base[key]
-                paper = f"; paper {PAPER_MARGIN[key]:+.3f}" if key in PAPER_MARGIN else ""
+                against_per_frame = base_name.startswith("per-frame")  # the paper's margin is over per-frame SR
+                paper = f"; paper {PAPER_MARGIN[key]:+.3f}" if key in PAPER_MARGIN and against_per_frame else ""
                 parts.append(f"{delta:+.{digits}f}{unit} ({'better' if delta * better > 0 else 'NOT better'}{paper})")
             lines.append(f"- {scene}: {ours_name} - {base_name} = " + ", ".join(parts))
     return lines

@@ -61,7 +61,7 @@ case "$cmd" in
       # unfinished scenes too: compare.py rewrites its table after each method, so a cut-short job keeps them
       [ -f "$work/$scene.done" ] || echo "$scene: not finished; its compare.json holds the methods scored so far"
       cp "$log" "$work/$scene/"
-      tar -czf "$out/$scene.tar.gz" -C "$work" --exclude="$scene/runs" "$scene"
+      tar -czf "$out/$scene.tar.gz" -C "$work" --exclude="$scene/runs" --exclude="$scene/shared_geometry.pt" "$scene"
     done
     ls -la "$out"
     ;;

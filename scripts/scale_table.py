@@ -58,11 +58,13 @@ def main() -> None:
         "metrics": {m: {**r["mean"], "hf_energy_ratio_render": r["hf_energy_ratio_render"]} for m, r in fox.items()}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.json").write_text(json.dumps(table, indent=2))
-    rows = ["| run | render size | 3dsr wall (s) | vs no diffusion | peak GPU (GB) |", "|---|---|---|---|---|"]
+    rows = ["| run | render size | schedule | 3dsr wall (s) | vs no diffusion | peak GPU (GB) |", "|---|---|---|---|---|---|"]
     for name, run in table["runs"].items():
         w, h = run["render_size"]
         ratio = run["ratio_vs_no_diffusion"]
-        rows.append(f"| {name} | {w}x{h} | {_fmt(run['wall_s'], 0)} | {'n/a' if ratio is None else f'{ratio:.2f}x'} | "
+        sched = run.get("schedule")
+        sched = "n/a" if not sched else f"N0={sched['N0']}, K={sched['K']}, M={sched['M']}"
+        rows.append(f"| {name} | {w}x{h} | {sched} | {_fmt(run['wall_s'], 0)} | {'n/a' if ratio is None else f'{ratio:.2f}x'} | "
                     f"{_fmt(run['peak_gpu_mem_gb'], 1)} |")
     fox_rows = ["| fox x4 method | PSNR (dB) | SSIM | LPIPS-Alex | LPIPS-VGG | DISTS | LR PSNR (dB) |", "|---|---|---|---|---|---|---|"]
     for method, m in table["runs"]["fox-x4-compact"]["metrics"].items():

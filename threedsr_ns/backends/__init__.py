@@ -38,6 +38,10 @@ logger = logging.getLogger(__name__)
 HUB_CHECK_TIMEOUT_S = 3.0
 """How long `auto` waits for the Hugging Face hub before settling for the compact prior."""
 _TRUE = {"1", "ON", "YES", "TRUE"}
+OFFLINE_PRIOR_WHY = ("compact, not compact-v2, which does not beat it yet on held-out photos or LLFF: "
+                     "benchmarks/results/heldout-sr-priors.md")
+"""Why `auto` settles for `compact` offline: compact-v2 takes its place once it wins on the held-out photos and on
+LLFF (issue 15); it does not yet (heldout-sr-priors.md, quality-llff-paper.md)."""
 _SD_WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
                     "diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.bin")
 _TEXT_ENCODER_WEIGHT_NAMES = ("model.safetensors", "model.fp16.safetensors", "pytorch_model.bin",
@@ -263,10 +267,10 @@ def choose_auto_backend(model_path: str | None = None) -> tuple[str, str]:
         return "sd-x4-upscaler", f"{repo_id} is in the local Hugging Face cache ({cache})"
     if _hub_offline():
         return "compact", (f"{repo_id} is not in the Hugging Face cache {cache} (no {missing}) and HF_HUB_OFFLINE "
-                           "is set: using the compact prior shipped in the package, no network")
+                           f"is set: using the prior shipped in the package ({OFFLINE_PRIOR_WHY}), no network")
     unreachable = hub_reachable(repo_id)
     if unreachable is None:
         return "sd-x4-upscaler", (f"{repo_id} is not in the Hugging Face cache {cache} but the hub answers: "
                                   "downloading it (a few GB, once)")
     return "compact", (f"{repo_id} is not in the Hugging Face cache {cache} (no {missing}) and {unreachable}: "
-                       "using the compact prior shipped in the package")
+                       f"using the prior shipped in the package ({OFFLINE_PRIOR_WHY})")

@@ -151,8 +151,30 @@ def markdown_table(result: dict, names: list[str]) -> str:
         lines.append(f"| {name} | {cell(e['psnr'], '.2f')} | {cell(e['ssim'], '.4f')} | {cell(e['lpips_alex'], '.4f')} | "
                      f"{cell(e['dists'], '.4f')} | {cell(e['hf_energy_ratio'], '.3f')} | "
                      f"{cell(None if e['seed_spread'] is None else e['seed_spread'] * 255, '.2f')} |")
-    lines += ["", *(f"- {note}" for note in meta["notes"])]
+    lines += ["", *target_lines(result), *(f"- {note}" for note in meta["notes"])]
     return "\n".join(lines) + "\n"
+
+
+TARGET_PSNR_GAIN_DB = 1.0
+"""Issue 15: compact-v2 beats compact (v1) by at least this much PSNR, and beats v1 and Real-ESRGAN on LPIPS-Alex."""
+
+
+def target_lines(result: dict) -> list[str]:
+    """The issue's held-out targets for compact-v2, met or missed and by how much (when the methods are there)."""
+    if not all(name in result for name in ("compact", "compact-v2", "realesrgan")):
+        return []
+    v1, v2, esrgan = result["compact"], result["compact-v2"], result["realesrgan"]
+    gain = v2["psnr"] - v1["psnr"]
+    lines = [f"- compact-v2 - compact = {gain:+.2f} dB PSNR: target >= +{TARGET_PSNR_GAIN_DB:g} dB "
+             + ("met" if gain >= TARGET_PSNR_GAIN_DB else f"MISSED by {TARGET_PSNR_GAIN_DB - gain:.2f} dB") + "."]
+    if v2["lpips_alex"] is not None and v1["lpips_alex"] is not None and esrgan["lpips_alex"] is not None:
+        for name, other in (("compact", v1), ("realesrgan", esrgan)):
+            delta = v2["lpips_alex"] - other["lpips_alex"]
+            lines.append(f"- compact-v2 - {name} = {delta:+.4f} LPIPS-Alex: target < 0 "
+                         + ("met" if delta < 0 else f"MISSED by {delta:.4f}") + ".")
+    spread = v2["seed_spread"] or 0.0
+    lines.append(f"- compact-v2 seed spread {spread * 255:.2f}/255: target > 0 " + ("met" if spread > 0 else "MISSED") + ".")
+    return lines
 
 
 def crops_figure(rows: list[dict], names: list[str], path: Path, crop: int, zoom: int = 2) -> Path:
