@@ -133,3 +133,27 @@ def test_offline_default_backend_is_the_shipped_prior_and_adds_detail(tiny_fern:
 
     ratio = mean_hf_energy(targets) / mean_hf_energy(bicubic)
     assert ratio > 1.5, ratio
+
+
+def final_targets_and_bicubic(data: Path, run: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    from threedsr_ns.colorfix import bicubic_upsample
+    from threedsr_ns.evaluation import read_image
+
+    ckpt = sorted((run / "nerfstudio_models").glob("step-*.ckpt"))[-1]
+    targets = load_pipeline_state(ckpt)["_extra_state"]["sr_targets_uint8"].permute(0, 3, 1, 2).float() / 255
+    train_names = json.loads((data / "split.json").read_text())["train"]
+    lr = torch.stack([read_image(data / "images" / name) for name in train_names]).permute(0, 3, 1, 2)
+    return targets, bicubic_upsample(lr, 4).clamp(0, 1)
+
+
+def test_offline_ns_train_runs_with_the_shipped_compact_v2(tiny_fern: Path, tmp_path: Path):
+    """`ns-train 3dsr --pipeline.sr-backend compact-v2` offline, as installed: the residual prior around the frozen
+    Real-ESRGAN (weights from the pip package) runs the whole schedule, and its SR targets carry detail bicubic lacks."""
+    from threedsr_ns.sr_prior.metrics import band_energy, hf_cutoff
+
+    result = ns_train(tiny_fern, tmp_path, backend="compact-v2", warmup=20, steps=2, phase=2)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    targets, bicubic = final_targets_and_bicubic(tiny_fern, tmp_path / "fern" / "3dsr" / "run")
+    assert targets.shape == bicubic.shape
+    ratio = sum(band_energy(t, hf_cutoff(4)) for t in targets) / sum(band_energy(b, hf_cutoff(4)) for b in bicubic)
+    assert ratio > 1.5, ratio

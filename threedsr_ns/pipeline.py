@@ -62,10 +62,11 @@ class ThreeDSRPipelineConfig(VanillaPipelineConfig):
     """K: diffusion denoising steps; each is followed by an HR 3DGS phase."""
     phase_iters: int = 5000
     """M: 3DGS iterations at HR after each denoising step."""
-    sr_backend: Literal["auto", "compact", "sd-x4-upscaler", "bicubic", "realesrgan", "sd-x4-upscaler-random",
-                        "tiny-random"] = "auto"
+    sr_backend: Literal["auto", "compact", "compact-v2", "sd-x4-upscaler", "bicubic", "realesrgan",
+                        "sd-x4-upscaler-random", "tiny-random"] = "auto"
     """The SR model. auto: the SD x4 upscaler when it is on disk or the hub answers, else the compact prior shipped
-    with the package (one log line says which and why); compact; sd-x4-upscaler; bicubic (no diffusion, the same
+    with the package (one log line says which and why); compact; compact-v2 (residual diffusion around the frozen
+    Real-ESRGAN x4plus, shipped too); sd-x4-upscaler; bicubic (no diffusion, the same
     3DGS work); realesrgan (Real-ESRGAN x4plus per frame, deterministic: a baseline); the SD x4 architecture with
     random weights (cost measurements only, never quality); tiny-random (tests)."""
     sr_model_path: Optional[str] = None
