@@ -29,6 +29,7 @@ import tyro
 
 from threedsr_ns.config import threedsr_trainer_config
 from threedsr_ns.dataparser import ThreeDSRDataParserConfig
+from threedsr_ns.model import OfflineSplatfactoModel
 from threedsr_ns.pipeline import ThreeDSRPipelineConfig
 from threedsr_ns.runs import quiet, release_gpu_memory, setup_trainer
 from threedsr_ns.timing import IterationRecorder
@@ -42,6 +43,7 @@ def make_config(kind: Kind, data: Path, out: Path, warmup: int, steps: int, phas
         from nerfstudio.configs.method_configs import method_configs
 
         config = copy.deepcopy(method_configs["splatfacto"])
+        config.pipeline.model._target = OfflineSplatfactoModel  # its LPIPS from converted weights: no download
         config.pipeline.datamanager.dataparser = ThreeDSRDataParserConfig(
             load_3D_points=True, eval_mode="interval", eval_interval=8, downscale_factor=1)
         config.pipeline.datamanager.data = data / "transforms_gt.json"

@@ -135,3 +135,23 @@ def test_hr_phase_restarts_densification_at_full_resolution(model):
     # the screen-size split threshold knows gsplat's 2 px minimum radius on tiny images only
     assert model.strategy.screen_size_floor(31, 23) > model.config.split_screen_size
     assert model.strategy.screen_size_floor(504, 376) < model.config.split_screen_size
+
+
+def test_plain_splatfacto_for_the_benchmarks_scores_lpips_offline_without_patching_torchmetrics():
+    """scripts/benchmark.py's GT-size splatfacto: nerfstudio's model, whose LPIPS comes from the converted weights
+    (no AlexNet download), and torchmetrics' class is the same object before and after, in every thread."""
+    from nerfstudio.models.splatfacto import SplatfactoModelConfig
+
+    from threedsr_ns.model import OfflineSplatfactoModel
+
+    before = torchmetrics.image.lpip.LearnedPerceptualImagePatchSimilarity
+    model = SplatfactoModelConfig(_target=OfflineSplatfactoModel).setup(
+        scene_box=SceneBox(aabb=torch.tensor([[-1.0, -1, -1], [1, 1, 1]])), num_train_data=3, metadata={})
+    assert isinstance(model, splatfacto.SplatfactoModel)
+    assert torchmetrics.image.lpip.LearnedPerceptualImagePatchSimilarity is before
+    available, _ = perceptual.weights_available()
+    if not available:
+        pytest.skip("LPIPS weights are not installed")
+    image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    blurred = torch.nn.functional.avg_pool2d(image, 5, stride=1, padding=2)
+    assert float(model.lpips(image, image)) < 1e-6 < float(model.lpips(image, blurred))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, Optional, Tuple, Type
@@ -158,12 +157,6 @@ class OutOfStateMetric:
         return self.module(*images)
 
 
-def alexnet_weights_path() -> str:
-    from torchvision.models import AlexNet_Weights
-
-    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(AlexNet_Weights.IMAGENET1K_V1.url))
-
-
 def perceptual_metric() -> OutOfStateMetric:
     """LPIPS (AlexNet, inputs in [0, 1]) for splatfacto's eval metrics, from threedsr_ns.perceptual's converted
     weights (no download); when they are missing, a stand-in whose metric the model drops, and one log line saying so."""
@@ -187,19 +180,10 @@ _splatfacto_get_outputs_on_cpu: Callable = with_reference_rasterizer(SplatfactoM
 """splatfacto's get_outputs calling threedsr_ns.rasterize_torch.rasterization (CPU) instead of gsplat's."""
 
 
-class lpips_only_if_weights_on_disk:
-    """For nerfstudio's own splatfacto (scripts/benchmark.py trains it through threedsr_ns.runs): it builds
-    torchmetrics' LPIPS, which downloads AlexNet's weights. This swaps torchmetrics' class, process-wide, for the
-    duration of the block (model set-up, before any viewer thread); the 3dsr model never needs it."""
+class OfflineSplatfactoModel(SplatfactoModel):
+    """nerfstudio's splatfacto unchanged, but for its LPIPS metric, built by perceptual_metric() (converted weights,
+    no download) instead of torchmetrics' class, which downloads AlexNet when it is built. For the scripts that train
+    plain splatfacto beside 3dsr (scripts/benchmark.py's GT-size anchor): set it as the model config's `_target`."""
 
-    def __enter__(self):
-        import torchmetrics.image.lpip as lpip
-
-        self._module, self._saved = lpip, lpip.LearnedPerceptualImagePatchSimilarity
-        if not os.path.exists(alexnet_weights_path()):
-            CONSOLE.log(f"LPIPS skipped: its AlexNet weights are not at {alexnet_weights_path()} (no download attempted)")
-            lpip.LearnedPerceptualImagePatchSimilarity = lambda *a, **k: _LpipsUnavailable()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._module.LearnedPerceptualImagePatchSimilarity = self._saved
+    def populate_modules(self) -> None:
+        _splatfacto_populate_modules(self)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from threedsr_ns.model import lpips_only_if_weights_on_disk
-
 
 def quiet(config, out_dir, name: str):
     """Write under out_dir/…/<name>, log to tensorboard, save one checkpoint at the end, no evaluation passes."""
@@ -16,12 +14,10 @@ def quiet(config, out_dir, name: str):
 
 
 def setup_trainer(config):
-    """The trainer, set up: data parsed, models built (nerfstudio's splatfacto too, whose LPIPS would
-    otherwise try to download AlexNet)."""
+    """The trainer, set up: data parsed, models built (plain splatfacto: threedsr_ns.model.OfflineSplatfactoModel)."""
     config.save_config()
     trainer = config.setup(local_rank=0, world_size=1)
-    with lpips_only_if_weights_on_disk():
-        trainer.setup()
+    trainer.setup()
     return trainer
 
 
