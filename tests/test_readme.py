@@ -1,0 +1,43 @@
+"""The README's result tables quote the committed results files exactly (benchmarks/results/*.json)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def table_rows(first_cell_pattern: str, cells: int) -> list[list[str]]:
+    """Markdown rows of the README whose first cell matches, bold marks removed."""
+    rows = []
+    for line in README.splitlines():
+        parts = [p.strip().strip("*") for p in line.strip().strip("|").split("|")]
+        if len(parts) == cells and re.fullmatch(first_cell_pattern, parts[0]):
+            rows.append(parts)
+    return rows
+
+
+def test_heldout_priors_table_matches_its_json():
+    result = json.loads((RESULTS / "heldout-sr-priors.json").read_text())
+    rows = table_rows("bicubic|realesrgan|compact|compact-v2", 7)
+    assert [r[0] for r in rows] == ["bicubic", "realesrgan", "compact", "compact-v2"]
+    for name, psnr, ssim, lpips, dists, hf, spread in rows:
+        e = result[name]
+        assert [psnr, ssim, lpips, dists, hf, spread] == [
+            f"{e['psnr']:.2f}", f"{e['ssim']:.4f}", f"{e['lpips_alex']:.4f}", f"{e['dists']:.4f}",
+            f"{e['hf_energy_ratio']:.3f}", f"{e['seed_spread'] * 255:.2f}"], name
+
+
+def test_paper_protocol_table_matches_its_json():
+    table = json.loads((RESULTS / "quality-llff-paper.json").read_text())
+    rows = table_rows("fern|flower", 7)
+    assert len(rows) == sum(len(s["methods"]) for s in table["scenes"].values()) == 12
+    for scene, method, psnr, ssim, lpips, dists, detail in rows:
+        m = table["scenes"][scene]["methods"][method]
+        assert [psnr, ssim, lpips, dists, detail] == [
+            f"{m['psnr']:.3f}", f"{m['ssim']:.4f}", f"{m['lpips_alex']:.4f}", f"{m['dists']:.4f}",
+            f"{m['detail_consistency']:.4f}"], (scene, method)
