@@ -114,6 +114,19 @@ def test_detail_band_is_what_the_method_added_to_bicubic(scene) -> None:
         dc.detail_band(gt)
 
 
+def test_several_sets_graded_at_once_equal_each_graded_alone(scene) -> None:
+    """evaluation grades SR targets, GT and renders in one call (one warp per pair for all): each set's result must
+    be what grading it alone gives, and a missing set gives None."""
+    sets = {"gt": scene["gt"], "missing": None, "blur": _blur(scene["gt"], 1.0), "bicubic": _bicubic(scene["lr"])}
+    together = dc.detail_consistency_of_sets(sets, scene["lr"], scene["depth"], scene["cams"], reference=scene["gt"])
+    assert together["missing"] is None
+    for name in ("gt", "blur", "bicubic"):
+        alone = _grade(sets[name], scene)
+        assert (together[name].score, together[name].correlation, together[name].per_pair) == \
+            (alone.score, alone.correlation, alone.per_pair), name
+    assert together["gt"].score > together["blur"].score > together["bicubic"].score
+
+
 def test_consistent_gt_detail_scores_near_one(scene) -> None:
     from nerfstudio.cameras.cameras import Cameras
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import List, Literal, Optional, Sequence, Tuple
+from typing import Dict, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -158,21 +158,30 @@ class PairCorrelation:
                       self.covisible)
 
 
-def pair_correlation(bands: torch.Tensor, depths: torch.Tensor, cams: PinholeCameras, i: int, j: int,
-                     depth_tolerance: float = DEFAULT_DEPTH_TOLERANCE, valid: Optional[torch.Tensor] = None,
-                     reference_bands: Optional[torch.Tensor] = None) -> PairCorrelation:
-    """Warp view j's band [N, H, W, C] into view i with i's depth; the correlation's sums over co-visible pixels
-    (and the reference bands' energies over the same pixels, when given)."""
+def pair_correlations(bands: Sequence[torch.Tensor], depths: torch.Tensor, cams: PinholeCameras, i: int, j: int,
+                      depth_tolerance: float = DEFAULT_DEPTH_TOLERANCE, valid: Optional[torch.Tensor] = None,
+                      reference_bands: Optional[torch.Tensor] = None) -> List[PairCorrelation]:
+    """Warp view j of each band set [N, H, W, C] into view i with i's depth, the warp computed once for all sets;
+    each set's correlation sums over the co-visible pixels (and the reference bands' energies there, when given)."""
     uv, mask, source = covisible_warp(depths, cams, i, j, depth_tolerance, valid)
-    stacked = bands if reference_bands is None else torch.cat([bands, reference_bands.to(bands)], -1)
+    sets = list(bands) + ([] if reference_bands is None else [reference_bands])
+    stacked = torch.cat([b.to(bands[0]) for b in sets], -1)
     a = stacked[i].double()[mask]
     b = _sample(stacked[j], uv).double()[mask]
-    c = bands.shape[-1]
-    result = PairCorrelation(float((a[:, :c] * b[:, :c]).sum()), float(a[:, :c].square().sum()),
-                             float(b[:, :c].square().sum()), int(mask.sum()), int(source.sum()))
+    c = bands[0].shape[-1]
+    reference = None
     if reference_bands is not None:
-        result.reference_i, result.reference_j = float(a[:, c:].square().sum()), float(b[:, c:].square().sum())
-    return result
+        ref = slice(len(bands) * c, (len(bands) + 1) * c)
+        reference = float(a[:, ref].square().sum()), float(b[:, ref].square().sum())
+    results = []
+    for k in range(len(bands)):
+        own = slice(k * c, (k + 1) * c)
+        result = PairCorrelation(float((a[:, own] * b[:, own]).sum()), float(a[:, own].square().sum()),
+                                 float(b[:, own].square().sum()), int(mask.sum()), int(source.sum()))
+        if reference is not None:
+            result.reference_i, result.reference_j = reference
+        results.append(result)
+    return results
 
 
 def _pool(values: Sequence[Optional[float]], pairs: Sequence[Tuple[int, int]], results: Sequence[PairCorrelation],
@@ -228,25 +237,58 @@ def detail_consistency(images: torch.Tensor, lr_images: Optional[torch.Tensor], 
     pairs: (i, j) to compare; default each view's DEFAULT_NEIGHBOURS nearest views by camera centre.
     reference: optional [N, H, W, 3], the GT photos of the same views, for `score` and `energy_ratio`.
     """
+    return detail_consistency_of_sets({"images": images}, lr_images, depths, cameras, pairs, valid, depth_tolerance,
+                                      reference, mode, channels, scale)["images"]
+
+
+def detail_consistency_of_sets(image_sets: Dict[str, Optional[torch.Tensor]], lr_images: Optional[torch.Tensor],
+                               depths: torch.Tensor, cameras, pairs: Optional[Sequence[Tuple[int, int]]] = None,
+                               valid: Optional[torch.Tensor] = None,
+                               depth_tolerance: float = DEFAULT_DEPTH_TOLERANCE,
+                               reference: Optional[torch.Tensor] = None, mode: BandMode = "residual",
+                               channels: Channels = "luminance",
+                               scale: Optional[int] = None) -> Dict[str, Optional[DetailConsistencyResult]]:
+    """`detail_consistency` of several image sets of the same views (e.g. SR targets, GT photos, renders), each
+    [N, H, W, 3] or None (its result None): every pair's warp and the reference's band are computed once for all."""
     cams = cameras if isinstance(cameras, PinholeCameras) else PinholeCameras.from_nerfstudio(cameras)
-    _check_images(images, "images")
-    if depths.shape != images.shape[:3]:
-        raise ValueError(f"detail_consistency: depths must be [N, H, W] = {tuple(images.shape[:3])}, got "
-                         f"{tuple(depths.shape)}: render the shared depth at the images' size")
-    n, height, width = depths.shape
+    n, height, width = depths.shape if depths.ndim == 3 else (None, None, None)
+    names = [name for name, images in image_sets.items() if images is not None]
+    for name in names:
+        images = image_sets[name]
+        _check_images(images, "images")
+        if depths.shape != images.shape[:3]:
+            raise ValueError(f"detail_consistency: depths must be [N, H, W] = {tuple(images.shape[:3])}, got "
+                             f"{tuple(depths.shape)}: render the shared depth at the images' size")
+        if reference is not None and reference.shape != images.shape:
+            raise ValueError(f"detail_consistency: reference must be {tuple(images.shape)} like the images, got "
+                             f"{tuple(reference.shape)}: pass the GT photos of the same views")
+    results: Dict[str, Optional[DetailConsistencyResult]] = {name: None for name in image_sets}
+    if not names:
+        return results
     if len(cams) != n:
         raise ValueError(f"detail_consistency: {n} images but {len(cams)} cameras")
     if (cams.width != width).any() or (cams.height != height).any():
         raise ValueError(f"detail_consistency: cameras are not all {width}x{height}, the images' size: rescale them first")
     if valid is not None and valid.shape != depths.shape:
         raise ValueError(f"detail_consistency: valid must be [N, H, W] = {tuple(depths.shape)}, got {tuple(valid.shape)}")
-    if reference is not None and reference.shape != images.shape:
-        raise ValueError(f"detail_consistency: reference must be {tuple(images.shape)} like the images, got "
-                         f"{tuple(reference.shape)}: pass the GT photos of the same views")
     pairs = [(int(i), int(j)) for i, j in pairs] if pairs is not None else nearest_camera_pairs(cams.centres)
-    bands = _channels(detail_band(images, lr_images, mode, scale), channels)
+    bands = [_channels(detail_band(image_sets[name], lr_images, mode, scale), channels) for name in names]
     ref_bands = None if reference is None else _channels(detail_band(reference, lr_images, mode, scale), channels)
-    results = [pair_correlation(bands, depths, cams, i, j, depth_tolerance, valid, ref_bands) for i, j in pairs]
+    per_pair = [pair_correlations(bands, depths, cams, i, j, depth_tolerance, valid, ref_bands) for i, j in pairs]
+    mask = torch.ones(depths.shape, dtype=torch.bool) if valid is None else valid.bool().cpu()
+
+    def energies(b: torch.Tensor) -> List[float]:
+        return [float(b[k].double()[mask[k]].square().mean()) if mask[k].any() else float("nan") for k in range(n)]
+
+    reference_energy = None if ref_bands is None else energies(ref_bands)
+    for index, name in enumerate(names):
+        pair_results = [pair[index] for pair in per_pair]
+        results[name] = _result(pair_results, pairs, n, energies(bands[index]), reference_energy)
+    return results
+
+
+def _result(results: List[PairCorrelation], pairs: List[Tuple[int, int]], n: int, detail_energy: List[float],
+            reference_energy: Optional[List[float]]) -> DetailConsistencyResult:
     correlation, per_view = _pool([r.ncc for r in results], pairs, results, n)
     covis, pixels = np.zeros(n), np.zeros(n)
     for (i, _), r in zip(pairs, results):
@@ -254,22 +296,17 @@ def detail_consistency(images: torch.Tensor, lr_images: Optional[torch.Tensor], 
         pixels[i] += r.pixels
     with np.errstate(invalid="ignore", divide="ignore"):
         per_view_covisible = (covis / pixels).tolist()
-    mask = torch.ones(depths.shape, dtype=torch.bool) if valid is None else valid.bool().cpu()
-
-    def energies(b: torch.Tensor) -> List[float]:
-        return [float(b[k].double()[mask[k]].square().mean()) if mask[k].any() else float("nan") for k in range(n)]
-
     result = DetailConsistencyResult(
         correlation=correlation, score=None,
         covisible_fraction=float(covis.sum() / pixels.sum()) if pixels.sum() else 0.0,
         pairs=pairs, per_pair=[r.ncc for r in results], per_view=per_view, per_view_covisible=per_view_covisible,
-        detail_energy=energies(bands),
+        detail_energy=detail_energy,
     )
-    if ref_bands is not None:
+    if reference_energy is not None:
         result.score, result.per_view_score = _pool([r.score for r in results], pairs, results, n)
-        result.reference_energy = energies(ref_bands)
-        ref_total = float(np.nansum(result.reference_energy))
-        result.energy_ratio = float(np.nansum(result.detail_energy)) / ref_total if ref_total > 0 else float("nan")
+        result.reference_energy = reference_energy
+        ref_total = float(np.nansum(reference_energy))
+        result.energy_ratio = float(np.nansum(detail_energy)) / ref_total if ref_total > 0 else float("nan")
     return result
 
 

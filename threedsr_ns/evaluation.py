@@ -445,7 +445,7 @@ def evaluate_train_consistency(model, datamanager, data_dir: Path, neighbours: i
     Detail consistency (threedsr_ns.detail_consistency) warps with `geometry` (save_shared_geometry's file) when given,
     else with the run's own depth; its headline `score` and the HF energy ratio need the train views' GT photos (the
     reference energy), and are None without them. The raw disagreement always uses the run's own depth, as before."""
-    from threedsr_ns.detail_consistency import detail_consistency, hf_energy_ratio
+    from threedsr_ns.detail_consistency import detail_consistency_of_sets, hf_energy_ratio
 
     cameras = datamanager.train_dataset.cameras
     names = _names(datamanager.train_dataset)
@@ -462,15 +462,14 @@ def evaluate_train_consistency(model, datamanager, data_dir: Path, neighbours: i
         image_sets["gt"] = torch.stack([read_gt(data_dir, name, cameras[i]) for i, name in enumerate(names)])
     gt = image_sets["gt"]
     raw: Dict[str, Optional[ConsistencyResult]] = {}
-    detail: Dict[str, Optional[object]] = {}
     for kind, images in image_sets.items():
         if images is not None and tuple(images.shape[:3]) != tuple(rendered["depth"].shape):
             raise EvaluationError(f"{kind} images are {tuple(images.shape)} but the run renders the train views at "
                                   f"{tuple(rendered['rgb'].shape)}")
         raw[kind] = None if images is None else multiview_consistency(images, rendered["depth"], cams, pairs,
                                                                       depth_tolerance, own_valid)
-        detail[kind] = None if images is None else detail_consistency(images, lr, depth, cams, pairs, valid,
-                                                                      depth_tolerance, reference=gt)
+    # one warp per pair for all three sets, and the GT's detail band once
+    detail = detail_consistency_of_sets(image_sets, lr, depth, cams, pairs, valid, depth_tolerance, reference=gt)
     hf_ratio = None
     if image_sets["sr_target"] is not None and gt is not None:
         hf_ratio = hf_energy_ratio(image_sets["sr_target"], gt, int(datamanager.upscale_factor)).ratio
