@@ -95,6 +95,28 @@ def test_rgba_images_are_composited_on_the_model_background_everywhere(fern_copy
     assert batch["lr_image"].shape[-1] == 3 and batch["image"].shape[-1] == 3
 
 
+def test_rgba_capture_with_the_random_background_trains_on_one_fixed_colour(fern_copy: Path, capsys):
+    """splatfacto's default "random" background would composite the renders on a new colour every iteration while
+    the images are composited on one: with alpha in the capture, training renders on that one colour, and says so."""
+    opaque = make_pipeline(fern_copy)
+    opaque.model.train()
+    assert not opaque.model.fixed_background  # no alpha: splatfacto's random background, untouched
+    assert not torch.equal(opaque.model._get_background_color(), opaque.model._get_background_color())
+    for path in sorted((fern_copy / "images").glob("*.png")):
+        rgba = np.array(Image.open(path).convert("RGBA"))
+        rgba[:, :16, 3] = 0
+        Image.fromarray(rgba).save(path)
+    pipeline = make_pipeline(fern_copy)
+    model = pipeline.model
+    model.train()
+    assert model.fixed_background and model.config.background_color == "random"  # the config is not rewritten
+    first, second = model._get_background_color(), model._get_background_color()
+    assert torch.equal(first, second) and torch.allclose(first.cpu(), pipeline.datamanager.background)
+    lr = pipeline.datamanager.lr_images()
+    assert torch.allclose(lr[:, :, :, :16], first.cpu().view(1, 3, 1, 1).expand_as(lr[:, :, :, :16]), atol=1 / 255)
+    assert "the images have alpha" in capsys.readouterr().out
+
+
 def test_greyscale_and_palette_images_become_rgb(fern_copy: Path):
     grey, palette = fern_copy / "images" / "image001.png", fern_copy / "images" / "image002.png"
     rgb_of_palette = Image.open(palette).convert("RGB").quantize(64)

@@ -61,6 +61,9 @@ class ThreeDSRDataset(InputDataset):
     """nerfstudio's InputDataset for any image file PIL reads: always RGB(A) uint8; an unreadable file is a
     one-line error naming it (raised while caching, before any training)."""
 
+    has_alpha: bool = False
+    """True once an image with transparency was read (it is composited on the datamanager's background)."""
+
     def get_numpy_image(self, image_idx: int) -> npt.NDArray[np.uint8]:
         filename = self._dataparser_outputs.image_filenames[image_idx]
         try:
@@ -69,7 +72,10 @@ class ThreeDSRDataset(InputDataset):
                     width, height = pil_image.size
                     newsize = (int(width * self.scale_factor), int(height * self.scale_factor))
                     pil_image = pil_image.resize(newsize, resample=Image.Resampling.BILINEAR)
-                return to_rgb_array(pil_image)
+                array = to_rgb_array(pil_image)
+                if array.shape[-1] == 4:
+                    self.has_alpha = True
+                return array
         except (OSError, SyntaxError, ValueError) as err:
             raise PreflightError(f"{filename} cannot be decoded ({err}): replace the file or remove its frame from "
                                  "transforms.json") from None

@@ -48,6 +48,15 @@ class ThreeDSRModelConfig(SplatfactoModelConfig):
 class ThreeDSRModel(SplatfactoModel):
     config: ThreeDSRModelConfig
 
+    fixed_background: bool = False
+    """Render on the fixed `background_color` in training too, not on splatfacto's random one: set by the pipeline
+    when the capture has alpha (its images are composited on that colour, so the loss must see the same one)."""
+
+    def _get_background_color(self) -> torch.Tensor:
+        if self.fixed_background:
+            return self.background_color.to(self.device)
+        return super()._get_background_color()
+
     def populate_modules(self) -> None:
         limit = self.config.max_seed_points
         if self.seed_points is not None and limit is not None and len(self.seed_points[0]) > limit:

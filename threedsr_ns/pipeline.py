@@ -143,9 +143,21 @@ class ThreeDSRPipeline(VanillaPipeline):
             self.timesteps = self.backend.denoise_timesteps(config.denoise_steps, config.start_timestep)
             self.threedsr_viewer = ThreeDSRViewerPanel.for_pipeline(self)
             preflight(self)  # before any 3DGS iteration: a bad capture or backend fails now, in one line
+            self._fix_background_for_alpha()
             if config.guidance_devices > 1:  # the workers build their backends while the warm-up runs
                 self.guidance_group = GuidanceGroup.launch(config.guidance_devices,
                                                            worker_backend_kwargs(config, self.backend), self.device)
+
+    def _fix_background_for_alpha(self) -> None:
+        """A capture with alpha is composited on the model's background colour (LR images, SR targets, L_lr); with
+        splatfacto's "random" background the renders would be composited on a new colour each iteration, and the
+        loss would train the transparent parts toward noise. Render on the fixed colour instead, and say so."""
+        datasets = (self.datamanager.train_dataset, self.datamanager.eval_dataset)
+        if self.model.config.background_color == "random" and any(d.has_alpha for d in datasets):
+            self.model.fixed_background = True
+            rgb = ", ".join(f"{c:.3f}" for c in self.model.background_color.tolist())
+            CONSOLE.log(f"[bold]3dsr[/bold] the images have alpha: composited on, and rendered on, the fixed background "
+                        f"({rgb}) instead of splatfacto's random one; choose it with --pipeline.model.background-color")
 
     # -- the loop ---------------------------------------------------------------------------------------
 
