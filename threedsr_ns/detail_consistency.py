@@ -275,7 +275,7 @@ def detail_consistency_of_sets(image_sets: Dict[str, Optional[torch.Tensor]], lr
     bands = [_channels(detail_band(image_sets[name], lr_images, mode, scale), channels) for name in names]
     ref_bands = None if reference is None else _channels(detail_band(reference, lr_images, mode, scale), channels)
     per_pair = [pair_correlations(bands, depths, cams, i, j, depth_tolerance, valid, ref_bands) for i, j in pairs]
-    mask = torch.ones(depths.shape, dtype=torch.bool) if valid is None else valid.bool().cpu()
+    mask = torch.ones(depths.shape, dtype=torch.bool, device=depths.device) if valid is None else valid.bool().to(depths.device)
 
     def energies(b: torch.Tensor) -> List[float]:
         return [float(b[k].double()[mask[k]].square().mean()) if mask[k].any() else float("nan") for k in range(n)]

@@ -449,17 +449,21 @@ def evaluate_train_consistency(model, datamanager, data_dir: Path, neighbours: i
 
     cameras = datamanager.train_dataset.cameras
     names = _names(datamanager.train_dataset)
-    rendered = render_views(model, cameras)
+    # the warps and bands run where the SR targets lived in training (the GPU unless over
+    # --pipeline.datamanager.targets-on-gpu-max-gb): seconds on a GPU where the CPU takes minutes at 2 Mpx
+    work = datamanager.targets_device
+    rendered = {k: v.to(work) for k, v in render_views(model, cameras).items()}
     cams = PinholeCameras.from_nerfstudio(cameras, images_undistorted=True)  # the run's cached, undistorted frame
     pairs = nearest_camera_pairs(cams.centres, neighbours)
     own_valid = rendered["accumulation"] > MIN_ACCUMULATION
     depth, valid, geometry_text = _geometry(geometry, names, rendered)
-    lr = datamanager.lr_images().permute(0, 2, 3, 1).float().cpu()
+    depth, valid = depth.to(work), valid.to(work)
+    lr = datamanager.lr_images().permute(0, 2, 3, 1).float().to(work)
     image_sets: Dict[str, Optional[torch.Tensor]] = {"sr_target": None, "gt": None, "render": rendered["rgb"]}
     if datamanager.sr_targets is not None:
-        image_sets["sr_target"] = datamanager.sr_targets.float().cpu()
+        image_sets["sr_target"] = datamanager.sr_targets.float().to(work)
     if all(gt_file(data_dir, name).is_file() for name in names):
-        image_sets["gt"] = torch.stack([read_gt(data_dir, name, cameras[i]) for i, name in enumerate(names)])
+        image_sets["gt"] = torch.stack([read_gt(data_dir, name, cameras[i]) for i, name in enumerate(names)]).to(work)
     gt = image_sets["gt"]
     raw: Dict[str, Optional[ConsistencyResult]] = {}
     for kind, images in image_sets.items():
