@@ -13,7 +13,6 @@ has masks, "mask" (nearest-upsampled xs, so splatfacto's own masking applies) an
 
 from __future__ import annotations
 
-import json
 import weakref
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from threedsr_ns.dataparser import ThreeDSRDataParserConfig
+from threedsr_ns.llff import gt_files
 from threedsr_ns.preflight import PreflightError
 
 _HR_SCALES: Dict[int, Tuple[int, torch.Tensor]] = {}
@@ -221,7 +221,7 @@ class ThreeDSRDataManager(FullImageDatamanager[ThreeDSRDataset]):
         """ns-eval at HR: when the dataset has the GT of the eval views (transforms_gt.json + its images, as
         scripts/prepare_llff.py writes them) at xs the LR size, they become the eval images; otherwise say that the
         metrics are LR fidelity (the model scores the render downsampled to the LR image)."""
-        gt = _gt_files(Path(self.config.data), self.eval_dataset.image_filenames)
+        gt = gt_files(Path(self.config.data), self.eval_dataset.image_filenames)
         h, w = self.sr_target_shape()[1:3]
         distorted = self.eval_dataset.cameras.distortion_params is not None and bool(
             (self.eval_dataset.cameras.distortion_params != 0).any())
@@ -349,15 +349,3 @@ def _undistort_cameras(cameras: Cameras) -> None:
         cameras.fx[i], cameras.fy[i] = float(K[0, 0]), float(K[1, 1])
         cameras.cx[i], cameras.cy[i] = float(K[0, 2]), float(K[1, 2])
         cameras.height[i], cameras.width[i] = uh, uw
-
-
-def _gt_files(data: Path, image_filenames: Sequence[Path]) -> Optional[List[Path]]:
-    """The GT file of each image, from transforms_gt.json beside transforms.json (frames in the same order), or None."""
-    root = data if data.is_dir() else data.parent
-    gt_json, lr_json = root / "transforms_gt.json", (data if data.suffix == ".json" else root / "transforms.json")
-    if not gt_json.exists() or not lr_json.exists():
-        return None
-    lr_frames, gt_frames = json.loads(lr_json.read_text())["frames"], json.loads(gt_json.read_text())["frames"]
-    mapping = {(root / a["file_path"]).resolve(): root / b["file_path"] for a, b in zip(lr_frames, gt_frames)}
-    gt = [mapping.get(Path(f).resolve()) for f in image_filenames]
-    return None if any(g is None for g in gt) else gt  # type: ignore[misc]

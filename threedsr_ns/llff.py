@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -34,9 +34,27 @@ PAPER_GT_DIR = "images_2"
 """The paper protocol's GT: the originals / 2 (4x images_8)."""
 
 
+def gt_files(data: Path, image_filenames: Sequence[Path]) -> Optional[List[Path]]:
+    """The GT file of each image, from transforms_gt.json beside transforms.json (frames in the same order: what
+    prepare_llff and prepare_capture write), or None when there is no such file or an image is not listed.
+    `data` is the dataset folder or one of its transforms files."""
+    root = data if data.is_dir() else data.parent
+    gt_json, lr_json = root / "transforms_gt.json", (data if data.suffix == ".json" else root / "transforms.json")
+    if not gt_json.exists() or not lr_json.exists():
+        return None
+    lr_frames, gt_frames = json.loads(lr_json.read_text())["frames"], json.loads(gt_json.read_text())["frames"]
+    mapping = {(root / a["file_path"]).resolve(): root / b["file_path"] for a, b in zip(lr_frames, gt_frames)}
+    gt = [mapping.get(Path(f).resolve()) for f in image_filenames]
+    return None if any(g is None for g in gt) else gt  # type: ignore[misc]
+
+
 def gt_file(data_dir: Path, name: str) -> Path:
-    """The GT image of the view whose LR file is images/<name>: gt/<stem> with whichever image suffix it has
-    (the paper protocol keeps LLFF's JPEGs as they are). Falls back to gt/<name> when none exists."""
+    """The GT image of the view whose LR file is images/<name>: its frame in transforms_gt.json (`gt_files`, the one
+    mapping the datamanager's ns-eval metrics use too); for a dataset without one, gt/<stem> with whichever image
+    suffix it has, else gt/<name>. The file may not exist (a GT of the test views only): callers check."""
+    mapped = gt_files(Path(data_dir), [Path(data_dir) / "images" / name])
+    if mapped is not None:
+        return mapped[0]
     stem = Path(name).stem
     for suffix in IMAGE_SUFFIXES:
         path = Path(data_dir) / "gt" / (stem + suffix)
