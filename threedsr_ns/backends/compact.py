@@ -263,22 +263,24 @@ def lr_condition(lr_images: torch.Tensor, scale: int) -> torch.Tensor:
 
 
 def conditioning(
-    config: CompactSRConfig, lr_images: torch.Tensor, rrdb: torch.nn.Module | None = None, rrdb_tile: int = 0
+    config: CompactSRConfig, lr_images: torch.Tensor, rrdb: torch.nn.Module | None = None, rrdb_tile: int = 0,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(the UNet's conditioning [B, condition_channels, sH, sW] float32, the anchor e [B, 3, sH, sW] in [-1, 1] or
-    None) for LR images in [0, 1]. compact: (bicubic, None). compact-v2: ([bicubic, e, feature_scale * F], e) with
-    E, F from the frozen RRDBNet `rrdb`, run on LR tiles of `rrdb_tile` pixels (0: whole images)."""
+    """(the UNet's conditioning [B, condition_channels, sH, sW] in `dtype` (the UNet's: compact-v2's 70 channels at
+    HR are the largest tensor of a guidance batch), the anchor e [B, 3, sH, sW] in [-1, 1], float32, or None) for LR
+    images in [0, 1]. compact: (bicubic, None). compact-v2: ([bicubic, e, feature_scale * F], e) with E, F from the
+    frozen RRDBNet `rrdb`, run on LR tiles of `rrdb_tile` pixels (0: whole images)."""
     bicubic = lr_condition(lr_images, config.scale)
     if not config.residual:
-        return bicubic, None
+        return bicubic.to(dtype), None
     if rrdb is None:
         raise ValueError("compact-v2 needs the Real-ESRGAN RRDBNet (threedsr_ns.backends.realesrgan.load_rrdbnet)")
     from threedsr_ns.backends.realesrgan import run_tiled
 
     rgb, features = run_tiled(rrdb, lr_images, rrdb_tile, with_features=True)
     anchor = to_model_range(rgb.to(bicubic.device))
-    features = features.to(bicubic.device, torch.float32) * config.feature_scale
-    return torch.cat([bicubic, anchor, features], dim=1), anchor
+    features = features.to(bicubic.device, dtype).mul_(config.feature_scale)
+    return torch.cat([bicubic.to(dtype), anchor.to(dtype), features], dim=1), anchor
 
 
 def residual_input(x_t: torch.Tensor, anchor: torch.Tensor | None, timesteps: torch.Tensor,
@@ -576,7 +578,7 @@ class CompactSRBackend(SRBackend):
         x_t = x_t.to(device=self.device, dtype=torch.float32)
         timesteps = timesteps.to(self.device)
         rrdb_tile = (self.tile_size or 0) // self.scale
-        condition, anchor = conditioning(self.config, lr_images.to(self.device), self.rrdb, rrdb_tile)
+        condition, anchor = conditioning(self.config, lr_images.to(self.device), self.rrdb, rrdb_tile, self.dtype)
         model_x = residual_input(x_t, anchor, timesteps, self.alphas_cumprod)
         if self.tile_size:
             output = tiled_unet_output(self.unet, model_x.to(self.dtype), timesteps, condition.to(self.dtype),
