@@ -111,3 +111,21 @@ def test_multi_gpu_benchmark_refuses_in_one_line_without_the_gpus(tmp_path: Path
     last = result.stderr.strip().splitlines()[-1]  # (after any third-party import warnings)
     assert "Traceback" not in result.stderr and "needs 2 GPUs" in last and "found 0" in last, result.stderr
     assert not (tmp_path / "multi-gpu.json").exists() and not result.stdout.strip()
+
+
+def test_a_worker_that_cannot_build_its_backend_fails_the_launch_in_one_line(tmp_path: Path):
+    """A guidance worker whose SR model does not load (here: a compact-prior folder without weights) must stop the
+    launch, before any training, with one line naming the worker and the missing file, and leave no process behind."""
+    from threedsr_ns.distributed import GuidanceGroup
+
+    folder = tmp_path / "no_weights"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "threedsr-compact-sr"}')
+    kwargs = dict(name="compact", model_path=str(folder), seed=0, batch_size=1, scale=4)
+    with pytest.raises(RuntimeError) as error:
+        GuidanceGroup.launch(2, kwargs, "cpu")
+    message = str(error.value)
+    assert "\n" not in message and "guidance worker 1" in message and "model.safetensors" in message
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()  # nothing half-started is left for the training process
