@@ -27,16 +27,12 @@ from threedsr_ns.colorfix import wavelet_color_fix
 def _predict_x0(backend, x_t: torch.Tensor, t: int, lr: torch.Tensor,
                 generator: Union[torch.Generator, Sequence[torch.Generator], None]) -> torch.Tensor:
     """backend.predict_x0. One generator (or None): the backend's own conditioning noise, as before. One generator
-    per view: a backend with noisy conditioning gets each view's generator, in one call when it declares
-    `accepts_view_generators` (a sequence of generators), else one call per view; a deterministic one runs batched."""
+    per view: a backend with noisy conditioning (`draws_conditioning_noise`) gets the views' generators (its
+    predict_x0 takes a sequence, one per view); a deterministic one runs as it is."""
     noisy = getattr(backend, "draws_conditioning_noise", False)
     if generator is None or isinstance(generator, torch.Generator) or not noisy:
         return backend.predict_x0(x_t, t, lr)
-    generators = list(generator)
-    if getattr(backend, "accepts_view_generators", False):
-        return backend.predict_x0(x_t, t, lr, generator=generators)
-    return torch.cat([backend.predict_x0(x_t[i : i + 1], t, lr[i : i + 1], generator=g)
-                      for i, g in enumerate(generators)])
+    return backend.predict_x0(x_t, t, lr, generator=list(generator))
 
 
 def sampler_step(backend, timesteps: Sequence[int], k: int, lr: torch.Tensor, lr_up: torch.Tensor,

@@ -46,8 +46,9 @@ class SRBackend(ABC):
     batch_size: int
     device: torch.device
     draws_conditioning_noise: bool = False
-    """True when predict_x0 draws noise for its conditioning (the SD x4 upscaler's LR noise augmentation): the
-    sampler then hands it each view's own generator (threedsr_ns.sampler)."""
+    """True when predict_x0 draws noise for its conditioning (the SD x4 upscaler's LR noise augmentation): its
+    `generator` then also takes a sequence, one generator per view, and the sampler hands it each view's own
+    (threedsr_ns.sampler)."""
     min_lr_size: int = 1
     """Smallest LR side (pixels) this backend takes. Every backend here takes any size from 1 px up: the UNets and
     RRDBNet pad or upsample to exact sizes, the SD x4 latents are on the LR grid (HR = 4 x LR is always a

@@ -66,8 +66,6 @@ def check_upscaler_scale(name: str, scale: int, produced: int = 4) -> None:
 class SDUpscalerBackend(SRBackend):
     is_diffusion = True
     draws_conditioning_noise = True
-    accepts_view_generators = True
-    """predict_x0 takes one generator per view for the LR noise augmentation (threedsr_ns.sampler)."""
 
     def __init__(
         self,
