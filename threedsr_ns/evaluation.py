@@ -356,8 +356,8 @@ def read_image(path: Path) -> torch.Tensor:
 
 
 @torch.no_grad()
-def render_views(model, cameras) -> Dict[str, torch.Tensor]:
-    """rgb [N, H, W, 3], depth [N, H, W] (z-depth), accumulation [N, H, W] of every camera, on the CPU."""
+def render_views(model, cameras, device: Union[str, torch.device] = "cpu") -> Dict[str, torch.Tensor]:
+    """rgb [N, H, W, 3], depth [N, H, W] (z-depth), accumulation [N, H, W] of every camera, on `device`."""
     was_training = model.training
     model.eval()
     try:
@@ -365,9 +365,9 @@ def render_views(model, cameras) -> Dict[str, torch.Tensor]:
     finally:
         model.train(was_training)
     return {
-        "rgb": torch.stack([o["rgb"].clamp(0, 1).cpu() for o in outputs]),
-        "depth": torch.stack([o["depth"][..., 0].cpu() for o in outputs]),
-        "accumulation": torch.stack([o["accumulation"][..., 0].cpu() for o in outputs]),
+        "rgb": torch.stack([o["rgb"].clamp(0, 1).to(device) for o in outputs]),
+        "depth": torch.stack([o["depth"][..., 0].to(device) for o in outputs]),
+        "accumulation": torch.stack([o["accumulation"][..., 0].to(device) for o in outputs]),
     }
 
 
@@ -452,7 +452,7 @@ def evaluate_train_consistency(model, datamanager, data_dir: Path, neighbours: i
     # the warps and bands run where the SR targets lived in training (the GPU unless over
     # --pipeline.datamanager.targets-on-gpu-max-gb): seconds on a GPU where the CPU takes minutes at 2 Mpx
     work = datamanager.targets_device
-    rendered = {k: v.to(work) for k, v in render_views(model, cameras).items()}
+    rendered = render_views(model, cameras, work)
     cams = PinholeCameras.from_nerfstudio(cameras, images_undistorted=True)  # the run's cached, undistorted frame
     pairs = nearest_camera_pairs(cams.centres, neighbours)
     own_valid = rendered["accumulation"] > MIN_ACCUMULATION
