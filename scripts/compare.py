@@ -187,8 +187,9 @@ def crops_figure(configs: Dict[str, Path], data: Path, size: int) -> Image.Image
     return figure
 
 
-def write_table(args: Args, results: Dict[str, dict]) -> str:
-    """compare.md and compare.json for the methods scored so far, in --methods order; returns the Markdown."""
+def write_table(args: Args, results: Dict[str, dict], warmup_cost: Optional[dict] = None) -> str:
+    """compare.md and compare.json for the methods scored so far, in --methods order; returns the Markdown.
+    `warmup_cost`: the shared warm-up's wall time and peak GPU memory (every method's whole run = it + the method's)."""
     results = {m: results[m] for m in args.methods if m in results}
     table = ["| method | " + " | ".join(TABLE_KEYS) + " |", "|---|" + "---|" * len(TABLE_KEYS)]
     for method, result in results.items():
@@ -208,6 +209,8 @@ def write_table(args: Args, results: Dict[str, dict]) -> str:
     summary = {"protocol": first["protocol"], "render_size": first["render_size"], "backend": args.backend,
                "schedule": {"N0": args.warmup_iters, "K": args.denoise_steps, "M": args.phase_iters},
                "methods": {m: r["mean"] for m, r in results.items()}}
+    if warmup_cost is not None:
+        summary["warmup"] = warmup_cost
     (args.out / "compare.json").write_text(json.dumps(summary, indent=2))
     return markdown
 
@@ -219,9 +222,9 @@ def main() -> None:
         what = f"unknown methods {sorted(unknown)}" if unknown else "no methods given"
         raise SystemExit(f"{what}; choose one or more of {', '.join(METHODS)}")
     args.out.mkdir(parents=True, exist_ok=True)
-    warmup = None
+    warmup, warmup_cost = None, None
     if args.share_warmup:
-        warmup_config, _ = train("warm-up", args)
+        warmup_config, warmup_cost = train("warm-up", args)
         warmup = last_checkpoint(warmup_config)
         save_shared_geometry(warmup_config, args.data, args.out / GEOMETRY_FILE)
     configs: Dict[str, Path] = {}
@@ -232,7 +235,7 @@ def main() -> None:
         finished = ((m, *train_and_score(m, args, warmup)) for m in args.methods)
     for method, config, result in finished:
         configs[method], results[method] = config, result
-        markdown = write_table(args, results)  # after each method: a run cut short keeps the finished scores
+        markdown = write_table(args, results, warmup_cost)  # after each method: a run cut short keeps the finished scores
     crops_figure({m: configs[m] for m in args.methods}, args.data, args.crop).save(args.out / "crops.png")
     print(markdown)
 

@@ -7,6 +7,9 @@
 #
 #   bash scripts/run_llff_quality.sh start WORK N0 M "METHODS" SCENE_DIR...   # returns at once; WORK/<scene>.log
 #   COMPARE_ARGS="--v2-model-path DIR" bash scripts/run_llff_quality.sh start ...   # more compare.py options
+#   ISOLATED=1 bash scripts/run_llff_quality.sh start ...   # timings: one training process on the GPU at a time
+#                                     # (compare.py --jobs 1, the scenes one after another, no MPS)
+#   WAIT_FOR=OTHER_WORK/all.done bash scripts/run_llff_quality.sh start ...   # begin once another job has ended
 #
 # A scene folder may appear only later (carried by a later device call): its job waits for <scene>/split.json.
 # Weights the machine lacks are found through THREEDSR_METRIC_WEIGHTS / THREEDSR_REALESRGAN_WEIGHTS (exported by
@@ -22,11 +25,12 @@ shift 2
 case "$cmd" in
   start)
     warmup=$1 phase=$2 methods=$3
-    jobs=$(wc -w <<< "$methods")
+    jobs=$(wc -w <<< "$methods") background="&"
+    [ -n "${ISOLATED:-}" ] && jobs=1 background=""  # the scenes in sequence, each method alone
     shift 3
     mkdir -p "$work"
     echo "$#" > "$work/scenes.txt"
-    job=""
+    job="until [ -z '${WAIT_FOR:-}' ] || [ -f '${WAIT_FOR:-}' ]; do sleep 5; done"
     for data in "$@"; do
       scene=$(basename "$data")
       job+="
@@ -37,13 +41,16 @@ case "$cmd" in
         run=\$(dirname \$(find '$work/$scene/runs' -path '*/3dsr/config.yml' | head -1))
         [ -f \$run/config.yml ] && cp \$run/contact_sheet_*.png '$work/$scene/'
         echo \"scene $scene done in \$(( \$(date +%s) - start )) s\" >> '$work/$scene.log'
-        touch '$work/$scene.done') &"
+        touch '$work/$scene.done') $background"
     done
     job+="
-      wait"
+      wait
+      touch '$work/all.done'"
     # MPS lets the processes' kernels share the GPU instead of time-slicing it; without it they still run
-    command -v nvidia-cuda-mps-control > /dev/null && nvidia-cuda-mps-control -d && echo "CUDA MPS started"
+    [ -z "${ISOLATED:-}" ] && command -v nvidia-cuda-mps-control > /dev/null && nvidia-cuda-mps-control -d \
+      && echo "CUDA MPS started"
     export OMP_NUM_THREADS=1  # up to 10 training processes on 16 cores
+    [ -n "${ISOLATED:-}" ] && export OMP_NUM_THREADS=8
     setsid nohup bash -c "$job" > "$work/job.txt" 2>&1 < /dev/null &
     echo "started $# scene(s) under $work"
     ;;
@@ -51,7 +58,7 @@ case "$cmd" in
     for log in "$work"/*.log; do
       echo "== $log"; tail -c 600 "$log" | tr '\r' '\n' | tail -4
     done
-    echo "$(ls "$work"/*.done 2>/dev/null | wc -l) of $(cat "$work/scenes.txt") scene(s) done"
+    echo "$(ls "$work"/*.done 2>/dev/null | grep -vc '/all.done$') of $(cat "$work/scenes.txt") scene(s) done"
     ;;
   collect)
     out=$1
