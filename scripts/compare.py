@@ -43,6 +43,7 @@ from PIL import Image, ImageDraw
 from threedsr_ns.config import threedsr_trainer_config
 from threedsr_ns.evaluation import evaluate_run, load_run, read_gt, save_shared_geometry
 from threedsr_ns.evaluation_report import write_report
+from threedsr_ns.llff import lr_names
 from threedsr_ns.pipeline import ThreeDSRPipelineConfig
 from threedsr_ns.runs import quiet, release_gpu_memory, setup_trainer
 
@@ -169,7 +170,7 @@ def crops_figure(configs: Dict[str, Path], data: Path, size: int) -> Image.Image
     for method, config in configs.items():
         pipeline, _ = load_run(config, data)
         dataset = pipeline.datamanager.eval_dataset
-        index = [Path(f).name for f in dataset._dataparser_outputs.image_filenames].index(name)
+        index = lr_names(data, dataset._dataparser_outputs.image_filenames).index(name)  # hr-3dgs: GT files
         camera = dataset.cameras[index : index + 1]
         if not panels:  # the GT in the frame the runs render (a distorted capture's photo undistorted into it)
             panels.append(("GT", read_gt(data, name, camera)))

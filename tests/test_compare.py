@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -131,10 +132,22 @@ def test_methods_side_by_side_one_failing_keeps_the_others_scores(tiny_fern: Pat
 
 
 def test_hr_3dgs_trains_at_gt_size_from_scratch_and_is_scored_at_gt_size(tiny_fern: Path, tmp_path: Path):
-    """The ceiling: the same model on the GT photos (transforms_gt.json) for N0 + K*M iterations, no warm-up shared."""
+    """The ceiling: the same model on the GT photos (transforms_gt.json) for N0 + K*M iterations, no warm-up shared.
+    The GT here is JPEG beside PNG LR images, as prepare_llff --protocol paper writes LLFF's images_2: the run's
+    images are then named unlike the LR views it is scored against (on the H200 that once failed after training)."""
+    data = tmp_path / "data" / "fern"
+    shutil.copytree(tiny_fern, data)
+    gt_json = data / "transforms_gt.json"
+    frames = json.loads(gt_json.read_text())
+    for frame in frames["frames"]:
+        png = data / frame["file_path"]
+        Image.open(png).save(png.with_suffix(".jpg"), quality=95)
+        png.unlink()
+        frame["file_path"] = str(Path(frame["file_path"]).with_suffix(".jpg"))
+    gt_json.write_text(json.dumps(frames))
     out = tmp_path / "fern"
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--data", str(tiny_fern), "--out", str(out), "--backend", "bicubic",
+        [sys.executable, str(SCRIPT), "--data", str(data), "--out", str(out), "--backend", "bicubic",
          "--warmup-iters", "8", "--denoise-steps", "1", "--phase-iters", "4", "--methods", "hr-3dgs", "--crop", "48",
          "--no-share-warmup"],
         capture_output=True, text=True, env=dict(os.environ, CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1"), timeout=1200)

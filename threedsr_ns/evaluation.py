@@ -38,7 +38,7 @@ from PIL import Image
 from pytorch_msssim import ssim as _ms_ssim
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
-from threedsr_ns.llff import gt_file
+from threedsr_ns.llff import gt_file, lr_names
 from threedsr_ns.losses import downsample_antialiased
 
 DEFAULT_NEIGHBOURS = 2
@@ -384,14 +384,16 @@ def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
     return float(np.mean(kept)) if kept else None
 
 
-def evaluate_test_views(model, dataset, data_dir: Path, scale: int) -> Tuple[List[Dict], List[str], float]:
+def evaluate_test_views(model, dataset, data_dir: Path, scale: int,
+                        names: Optional[List[str]] = None) -> Tuple[List[Dict], List[str], float]:
     """Per test view: PSNR / SSIM / perceptual metrics of the HR render vs its GT, LR fidelity vs data_dir/images;
-    the notes of missing metric weights; the high-frequency energy of the renders over the GT's."""
+    the notes of missing metric weights; the high-frequency energy of the renders over the GT's. `names`: each
+    view's images/ name (default the dataset's own file names)."""
     from threedsr_ns.detail_consistency import hf_energy_ratio
 
     renders = render_views(model, dataset.cameras)["rgb"]
     views, notes, gts = [], [], []
-    for index, (name, render) in enumerate(zip(_names(dataset), renders)):
+    for index, (name, render) in enumerate(zip(names or _names(dataset), renders)):
         path = gt_file(data_dir, name)
         gt = read_gt(data_dir, name, dataset.cameras[index])
         if gt.shape != render.shape:
@@ -523,12 +525,12 @@ def evaluate_run(config_path: PathLike, data_dir: PathLike, neighbours: int = DE
     if not trained_at_gt and (getattr(dm, "upscale_factor", 1) == 1 or getattr(pipeline, "steps_done", 0) == 0):
         raise EvaluationError(f"{config_path}: the run's checkpoint (step {step}) is still in the LR warm-up, so it has no "
                            "HR renders or SR targets to evaluate; evaluate a checkpoint after the first denoising step")
-    scale = int(dm.upscale_factor)
-    if trained_at_gt:
-        with Image.open(gt_file(data_dir, _names(dm.eval_dataset)[0])) as gt, \
-                Image.open(data_dir / "images" / _names(dm.eval_dataset)[0]) as lr:
+    scale, names = int(dm.upscale_factor), _names(dm.eval_dataset)
+    if trained_at_gt:  # its images are the GT files (gt/image000.jpg): score each against the view's LR and GT
+        names = lr_names(data_dir, dm.eval_dataset._dataparser_outputs.image_filenames)
+        with Image.open(gt_file(data_dir, names[0])) as gt, Image.open(data_dir / "images" / names[0]) as lr:
             scale = gt.width // lr.width
-    test_views, notes, render_hf = evaluate_test_views(pipeline.model, dm.eval_dataset, data_dir, scale)
+    test_views, notes, render_hf = evaluate_test_views(pipeline.model, dm.eval_dataset, data_dir, scale, names)
     if trained_at_gt:  # trained on the GT photos: no SR targets whose consistency could be scored
         train_views, consistency = [], {k: None for k in _CONSISTENCY_KEYS}
         consistency.update(geometry="none (trained on the GT photos)", neighbours=neighbours,

@@ -48,6 +48,19 @@ def gt_files(data: Path, image_filenames: Sequence[Path]) -> Optional[List[Path]
     return None if any(g is None for g in gt) else gt  # type: ignore[misc]
 
 
+def lr_names(data: Path, gt_filenames: Sequence[Path]) -> List[str]:
+    """The images/ name of the view of each GT file (the images of a run trained on transforms_gt.json): gt_files'
+    mapping the other way, so that a JPEG GT finds its PNG LR; a GT file that transforms_gt.json does not list keeps
+    its own name. `data` is the dataset folder."""
+    root = Path(data)
+    gt_json, lr_json = root / "transforms_gt.json", root / "transforms.json"
+    mapping = {}
+    if gt_json.exists() and lr_json.exists():
+        lr_frames, gt_frames = json.loads(lr_json.read_text())["frames"], json.loads(gt_json.read_text())["frames"]
+        mapping = {(root / b["file_path"]).resolve(): Path(a["file_path"]).name for a, b in zip(lr_frames, gt_frames)}
+    return [mapping.get(Path(f).resolve(), Path(f).name) for f in gt_filenames]
+
+
 def gt_file(data_dir: Path, name: str) -> Path:
     """The GT image of the view whose LR file is images/<name>: its frame in transforms_gt.json (`gt_files`, the one
     mapping the datamanager's ns-eval metrics use too); for a dataset without one, gt/<stem> with whichever image
