@@ -1,11 +1,14 @@
 """Issue 14's scale table: what 3dsr costs at the paper's size and on a real capture, from finished GPU runs.
 
-    python scripts/scale_table.py --llff compare/fern compare/flower --fox fox-test-views.json \\
-        --fox-render-size 1076 1916 --device "NVIDIA H200" --out benchmarks/results/scale-h200
+    python scripts/scale_table.py --llff compare/fern compare/flower --isolated iso/fern iso/fox \
+        --fox iso/fox --fox-scores fox-shared-gpu.json --device "NVIDIA H200" --out benchmarks/results/scale-h200
 
-Reads scripts/compare.py's <scene>/compare.json of the paper-protocol LLFF runs (each method's wall time and peak GPU
-memory, measured in its own process) and scripts/score_test_views.py's JSON of the fox x4 runs; writes <out>.json and
-<out>.md. ratio_vs_no_diffusion = 3dsr's wall time / the bicubic run's (the same schedule and 3DGS work, no SR model).
+Reads scripts/compare.py's <folder>/compare.json of each run (each method's wall time and peak GPU memory, measured in
+its own process, and the shared warm-up's), writes <out>.json and <out>.md. Per run:
+ratio_vs_no_diffusion = 3dsr's wall time / the bicubic run's, both from the warm-up checkpoint on (the same schedule
+and 3DGS work, no SR model); whole_run_ratio counts the shared LR warm-up in both. --isolated names the folders whose
+methods ran one process at a time on the GPU (run_llff_quality.sh with ISOLATED=1); the others shared it.
+The fox capture's row also holds each method's quality against the original photos.
 """
 
 from __future__ import annotations
@@ -17,64 +20,103 @@ from typing import Optional, Tuple
 
 import tyro
 
+FOX_KEYS = ("psnr", "ssim", "lpips_alex", "lpips_vgg", "dists", "lr_psnr", "hf_energy_ratio_render", "detail_consistency")
+
 
 @dataclass
 class Args:
     llff: Tuple[Path, ...]
-    """compare.py output folders of paper-protocol scenes."""
-    fox: Path
-    """score_test_views.py's JSON of the fox x4 runs (bicubic, per-frame, 3dsr)."""
-    fox_render_size: Tuple[int, int]
-    """The fox runs' render size (4 x the undistorted LR frame their pre-flight line names)."""
+    """compare.py output folders of paper-protocol LLFF scenes."""
     out: Path
+    fox: Optional[Path] = None
+    """compare.py output folder of the fox x4 capture (scripts/prepare_capture.py)."""
+    fox_scores: Optional[Path] = None
+    """score_test_views.py-style JSON {method: {"mean": {...}, "hf_energy_ratio_render": ...}, "_about": "..."} of an
+    earlier fox run: its methods that --fox lacks are added to the fox metrics, marked with their source."""
+    isolated: Tuple[Path, ...] = ()
+    """Those of the folders above whose methods ran one at a time on the GPU."""
     device: str = ""
     note: str = ""
     """How the runs were made: command, concurrency, what was not run."""
 
 
-def llff_run(folder: Path) -> dict:
+def run_entry(folder: Path, isolated: bool) -> dict:
     result = json.loads((folder / "compare.json").read_text())
     methods = result["methods"]
     ours, plain = methods["3dsr"], methods.get("bicubic")
-    ratio = ours["wall_s"] / plain["wall_s"] if plain and plain.get("wall_s") else None
+    ratio = whole = None
+    if plain and plain.get("wall_s"):
+        ratio = ours["wall_s"] / plain["wall_s"]
+        warmup = result.get("warmup", {}).get("wall_s")
+        if warmup is not None:
+            whole = (warmup + ours["wall_s"]) / (warmup + plain["wall_s"])
     return {"render_size": result["render_size"], "protocol": result["protocol"], "backend": result["backend"],
-            "schedule": result["schedule"], "wall_s": ours["wall_s"], "ratio_vs_no_diffusion": ratio,
-            "peak_gpu_mem_gb": ours["peak_gpu_mem_gb"],
-            "per_method": {m: {"wall_s": v["wall_s"], "peak_gpu_mem_gb": v["peak_gpu_mem_gb"]} for m, v in methods.items()}}
+            "schedule": result["schedule"], "isolated": isolated, "wall_s": ours["wall_s"],
+            "ratio_vs_no_diffusion": ratio, "whole_run_ratio": whole,
+            "warmup_wall_s": result.get("warmup", {}).get("wall_s"), "peak_gpu_mem_gb": ours["peak_gpu_mem_gb"],
+            "per_method": {m: {"wall_s": v["wall_s"], "peak_gpu_mem_gb": v["peak_gpu_mem_gb"]} for m, v in methods.items()},
+            "folder": str(folder)}
+
+
+def fox_metrics(folder: Path, earlier: Optional[Path]) -> dict:
+    methods = json.loads((folder / "compare.json").read_text())["methods"]
+    metrics = {m: {**{k: v.get(k) for k in FOX_KEYS}, "source": str(folder)} for m, v in methods.items()}
+    if earlier is not None:
+        for method, r in json.loads(earlier.read_text()).items():
+            if method not in metrics and not method.startswith("_"):  # "_about": where the scores came from
+                metrics[method] = {**{k: r["mean"].get(k) for k in FOX_KEYS if k in r["mean"]},
+                                   "hf_energy_ratio_render": r.get("hf_energy_ratio_render"), "source": str(earlier)}
+    return metrics
 
 
 def _fmt(value: Optional[float], digits: int) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _ratio(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
 def main() -> None:
     args = tyro.cli(Args, description=__doc__)
-    fox = json.loads(args.fox.read_text())
-    table = {"device": args.device, "note": args.note,
-             "runs": {f"{folder.name}-paper-{llff_run(folder)['backend']}": llff_run(folder) for folder in args.llff}}
-    table["runs"]["fox-x4-compact"] = {
-        "render_size": list(args.fox_render_size), "protocol": "capture x4 (LR = photos / 4, GT = the photos)",
-        "wall_s": None, "ratio_vs_no_diffusion": None, "peak_gpu_mem_gb": None,
-        "metrics": {m: {**r["mean"], "hf_energy_ratio_render": r["hf_energy_ratio_render"]} for m, r in fox.items()}}
+    isolated = {p.resolve() for p in args.isolated}
+    table: dict = {"device": args.device, "note": args.note, "runs": {}}
+    for folder in args.llff:
+        entry = run_entry(folder, folder.resolve() in isolated)
+        name = f"{folder.name}-paper-{entry['backend']}" + ("-isolated" if entry["isolated"] else "")
+        if name in table["runs"]:
+            raise SystemExit(f"{folder}: a run named {name} is already in the table")
+        table["runs"][name] = entry
+    if args.fox is not None:
+        entry = run_entry(args.fox, args.fox.resolve() in isolated)
+        entry["protocol"] = "capture x4 (LR = photos / 4, GT = the photos)"
+        entry["metrics"] = fox_metrics(args.fox, args.fox_scores)
+        table["runs"][f"fox-x4-{entry['backend']}" + ("-isolated" if entry["isolated"] else "")] = entry
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.json").write_text(json.dumps(table, indent=2))
-    rows = ["| run | render size | schedule | 3dsr wall (s) | vs no diffusion | peak GPU (GB) |", "|---|---|---|---|---|---|"]
+    rows = ["| run | render size | schedule | GPU | 3dsr wall (s) | vs no diffusion | whole run (with warm-up) | "
+            "peak GPU (GB) |", "|---|---|---|---|---|---|---|---|"]
     for name, run in table["runs"].items():
         w, h = run["render_size"]
-        ratio = run["ratio_vs_no_diffusion"]
-        sched = run.get("schedule")
-        sched = "n/a" if not sched else f"N0={sched['N0']}, K={sched['K']}, M={sched['M']}"
-        rows.append(f"| {name} | {w}x{h} | {sched} | {_fmt(run['wall_s'], 0)} | {'n/a' if ratio is None else f'{ratio:.2f}x'} | "
+        sched = run["schedule"]
+        rows.append(f"| {name} | {w}x{h} | N0={sched['N0']}, K={sched['K']}, M={sched['M']} | "
+                    f"{'alone' if run['isolated'] else 'shared'} | {_fmt(run['wall_s'], 0)} | "
+                    f"{_ratio(run['ratio_vs_no_diffusion'])} | {_ratio(run['whole_run_ratio'])} | "
                     f"{_fmt(run['peak_gpu_mem_gb'], 1)} |")
-    fox_rows = ["| fox x4 method | PSNR (dB) | SSIM | LPIPS-Alex | LPIPS-VGG | DISTS | LR PSNR (dB) |", "|---|---|---|---|---|---|---|"]
-    for method, m in table["runs"]["fox-x4-compact"]["metrics"].items():
-        fox_rows.append(f"| {method} | {_fmt(m['psnr'], 3)} | {_fmt(m['ssim'], 4)} | {_fmt(m['lpips_alex'], 4)} | "
-                        f"{_fmt(m['lpips_vgg'], 4)} | {_fmt(m['dists'], 4)} | {_fmt(m['lr_psnr'], 2)} |")
-    text = "\n".join([f"# 3dsr at scale ({args.device or 'device not given'})", "", args.note, "", *rows, "",
-                      "The fox capture against its original 1080x1920 photos (resampled into the undistorted render "
-                      "frame):", "", *fox_rows, ""])
-    Path(f"{args.out}.md").write_text(text)
-    print(text)
+    text = [f"# 3dsr at scale ({args.device or 'device not given'})", "", args.note, "", *rows, ""]
+    for name, run in table["runs"].items():
+        if "metrics" not in run:
+            continue
+        text += [f"{name}: the capture against its original photos (resampled into the undistorted render frame):", "",
+                 "| method | PSNR (dB) | SSIM | LPIPS-Alex | LPIPS-VGG | DISTS | LR PSNR (dB) | from |",
+                 "|---|---|---|---|---|---|---|---|"]
+        for method, m in run["metrics"].items():
+            text.append(f"| {method} | {_fmt(m.get('psnr'), 3)} | {_fmt(m.get('ssim'), 4)} | {_fmt(m.get('lpips_alex'), 4)} | "
+                        f"{_fmt(m.get('lpips_vgg'), 4)} | {_fmt(m.get('dists'), 4)} | {_fmt(m.get('lr_psnr'), 2)} | "
+                        f"{m['source']} |")
+        text.append("")
+    Path(f"{args.out}.md").write_text("\n".join(text))
+    print("\n".join(text))
 
 
 if __name__ == "__main__":

@@ -41,3 +41,21 @@ def test_paper_protocol_table_matches_its_json():
         assert [psnr, ssim, lpips, dists, detail] == [
             f"{m['psnr']:.3f}", f"{m['ssim']:.4f}", f"{m['lpips_alex']:.4f}", f"{m['dists']:.4f}",
             f"{m['detail_consistency']:.4f}"], (scene, method)
+
+
+def test_scale_table_matches_its_json():
+    runs = json.loads((RESULTS / "scale-h200.json").read_text())["runs"]
+    rows = table_rows(r"(fern|flower|fox)-.*", 6)
+    assert len(rows) == len(runs) == 5
+
+    def ratio(value):
+        return "n/a" if value is None else f"{value:.2f}x"
+
+    for name, gpu, wall, vs_plain, whole, peak in rows:
+        r = runs[name]
+        assert [gpu, wall, vs_plain, whole, peak] == [
+            "alone" if r["isolated"] else "shared", f"{r['wall_s']:.0f}", ratio(r["ratio_vs_no_diffusion"]),
+            ratio(r["whole_run_ratio"]), f"{r['peak_gpu_mem_gb']:.1f}"], name
+    fox = runs["fox-x4-compact-isolated"]["metrics"]
+    for method in ("3dsr", "bicubic", "per-frame"):
+        assert f"{fox[method]['psnr']:.3f} dB / {fox[method]['lpips_alex']:.4f}" in README.replace("\n", " "), method
