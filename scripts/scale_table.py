@@ -1,7 +1,11 @@
 """Issue 14's scale table: what 3dsr costs at the paper's size and on a real capture, from finished GPU runs.
 
-    python scripts/scale_table.py --llff compare/fern compare/flower --isolated iso/fern iso/fox \
-        --fox iso/fox --fox-scores fox-shared-gpu.json --device "NVIDIA H200" --out benchmarks/results/scale-h200
+    R=benchmarks/results
+    python scripts/scale_table.py --llff $R/paper-protocol/fern $R/paper-protocol/flower \
+        $R/paper-protocol-sd4-random/fern $R/paper-protocol-isolated/fern --fox $R/paper-protocol-isolated/fox \
+        --isolated $R/paper-protocol-isolated/fern $R/paper-protocol-isolated/fox \
+        --fox-scores $R/fox-x4-shared-gpu-scores.json --device "NVIDIA H200" \
+        --note "$(cat $R/scale-h200.note.txt)" --out $R/scale-h200   # the committed table
 
 Reads scripts/compare.py's <folder>/compare.json of each run (each method's wall time and peak GPU memory, measured in
 its own process, and the shared warm-up's), writes <out>.json and <out>.md. Per run:
