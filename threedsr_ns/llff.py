@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -34,16 +34,24 @@ PAPER_GT_DIR = "images_2"
 """The paper protocol's GT: the originals / 2 (4x images_8)."""
 
 
-def gt_files(data: Path, image_filenames: Sequence[Path]) -> Optional[List[Path]]:
-    """The GT file of each image, from transforms_gt.json beside transforms.json (frames in the same order: what
-    prepare_llff and prepare_capture write), or None when there is no such file or an image is not listed.
-    `data` is the dataset folder or one of its transforms files."""
+def _lr_gt_pairs(data: Path) -> Optional[List[Tuple[Path, Path]]]:
+    """(LR file, GT file) of each frame: transforms.json (or the transforms file `data` names) beside
+    transforms_gt.json, frames in the same order (what prepare_llff and prepare_capture write); None without them."""
     root = data if data.is_dir() else data.parent
     gt_json, lr_json = root / "transforms_gt.json", (data if data.suffix == ".json" else root / "transforms.json")
     if not gt_json.exists() or not lr_json.exists():
         return None
     lr_frames, gt_frames = json.loads(lr_json.read_text())["frames"], json.loads(gt_json.read_text())["frames"]
-    mapping = {(root / a["file_path"]).resolve(): root / b["file_path"] for a, b in zip(lr_frames, gt_frames)}
+    return [(root / a["file_path"], root / b["file_path"]) for a, b in zip(lr_frames, gt_frames)]
+
+
+def gt_files(data: Path, image_filenames: Sequence[Path]) -> Optional[List[Path]]:
+    """The GT file of each image, from transforms_gt.json beside transforms.json (`_lr_gt_pairs`), or None when
+    there is no such file or an image is not listed. `data` is the dataset folder or one of its transforms files."""
+    pairs = _lr_gt_pairs(data)
+    if pairs is None:
+        return None
+    mapping = {lr.resolve(): gt for lr, gt in pairs}
     gt = [mapping.get(Path(f).resolve()) for f in image_filenames]
     return None if any(g is None for g in gt) else gt  # type: ignore[misc]
 
@@ -52,12 +60,7 @@ def lr_names(data: Path, gt_filenames: Sequence[Path]) -> List[str]:
     """The images/ name of the view of each GT file (the images of a run trained on transforms_gt.json): gt_files'
     mapping the other way, so that a JPEG GT finds its PNG LR; a GT file that transforms_gt.json does not list keeps
     its own name. `data` is the dataset folder."""
-    root = Path(data)
-    gt_json, lr_json = root / "transforms_gt.json", root / "transforms.json"
-    mapping = {}
-    if gt_json.exists() and lr_json.exists():
-        lr_frames, gt_frames = json.loads(lr_json.read_text())["frames"], json.loads(gt_json.read_text())["frames"]
-        mapping = {(root / b["file_path"]).resolve(): Path(a["file_path"]).name for a, b in zip(lr_frames, gt_frames)}
+    mapping = {gt.resolve(): lr.name for lr, gt in _lr_gt_pairs(Path(data)) or []}
     return [mapping.get(Path(f).resolve(), Path(f).name) for f in gt_filenames]
 
 
