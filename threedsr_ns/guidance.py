@@ -97,22 +97,24 @@ def _alpha_bar(alphas_cumprod: torch.Tensor, t: Timestep, like: torch.Tensor) ->
     return alpha_bar.reshape(-1, *([1] * (like.ndim - 1)))
 
 
-def _randn(shape: Sequence[int], device: torch.device | str, generator: Generators) -> torch.Tensor:
+def randn(shape: Sequence[int], device: torch.device | str, generator: Generators) -> torch.Tensor:
     """Float32 standard noise on `device`, drawn on the generator's device (reproducible across devices).
-    A sequence of generators draws element i of the batch (shape[0]) from generator i."""
+    A sequence of generators draws element i of the batch (shape[0]) from generator i. The sampler's noise, and
+    a backend's conditioning noise (the SD x4 upscaler's LR noise augmentation)."""
     shape = tuple(shape)
     if generator is None or isinstance(generator, torch.Generator):
         draw_device = generator.device if generator is not None else device
         return torch.randn(shape, generator=generator, device=draw_device, dtype=torch.float32).to(device)
     generators = list(generator)
     if not shape or len(generators) != shape[0]:
-        raise ValueError(f"{len(generators)} generators for a batch of shape {shape}: pass one per batch element")
+        raise ValueError(f"{len(generators)} generators for a batch of {shape[0] if shape else 0} (shape {shape}): "
+                         "pass one per batch element")
     draws = [torch.randn(shape[1:], generator=g, device=g.device, dtype=torch.float32).to(device) for g in generators]
     return torch.stack(draws) if draws else torch.empty(shape, device=device, dtype=torch.float32)
 
 
 def _randn_like(x: torch.Tensor, generator: Generators) -> torch.Tensor:
-    return _randn(x.shape, x.device, generator)
+    return randn(x.shape, x.device, generator)
 
 
 def q_sample(x0: torch.Tensor, t: Timestep, noise: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
@@ -151,7 +153,7 @@ def start_latents(
         return q_sample(encoded, t1, _randn_like(encoded, generator), alphas_cumprod)
     if mode == "noise":
         target = device if device is not None else (encoded.device if encoded is not None else "cpu")
-        return _randn(shape, target, generator)
+        return randn(shape, target, generator)
     raise ValueError(f'start mode must be "noised_lr" or "noise", got {mode!r}')
 
 

@@ -38,6 +38,7 @@ from safetensors.torch import save_file
 
 from threedsr_ns.backends import sd_x4_upscaler_config as x4_config
 from threedsr_ns.backends.base import SRBackend, default_device
+from threedsr_ns import guidance
 from threedsr_ns.guidance import Timestep, model_output_to_x0
 
 logger = logging.getLogger(__name__)
@@ -289,14 +290,8 @@ class SDUpscalerBackend(SRBackend):
         if timesteps.shape[0] not in (1, batch):
             raise ValueError(f"t has {timesteps.shape[0]} timesteps for a batch of {batch}")
         timesteps = timesteps.expand(batch)
-        if generator is not None and not isinstance(generator, torch.Generator):  # one per view
-            generators = list(generator)
-            if len(generators) != batch:
-                raise ValueError(f"{len(generators)} generators for a batch of {batch}: pass one, or one per view")
-            noise = torch.stack([torch.randn(lr_images.shape[1:], generator=g, device=g.device, dtype=torch.float32)
-                                 .cpu() for g in generators])
-        else:  # drawn for all views at once, so batching does not change it
-            noise = torch.randn(lr_images.shape, generator=generator or self.generator, dtype=torch.float32)
+        # one generator: drawn for all views at once, so batching does not change it; one per view: each view's own
+        noise = guidance.randn(lr_images.shape, "cpu", self.generator if generator is None else generator)
         return self._in_batches(self._predict_x0_batch, x_t, timesteps, lr_images, noise).to(x_t.device)
 
     # ---- per-batch work (on self.device, under no_grad via _in_batches) -----------------------
