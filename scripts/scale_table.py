@@ -2,8 +2,10 @@
 
     R=benchmarks/results
     python scripts/scale_table.py --llff $R/paper-protocol/fern $R/paper-protocol/flower \
-        $R/paper-protocol-sd4-random/fern $R/paper-protocol-isolated/fern --fox $R/paper-protocol-isolated/fox \
-        --isolated $R/paper-protocol-isolated/fern $R/paper-protocol-isolated/fox \
+        $R/paper-protocol-sd4-random/fern $R/paper-protocol-isolated/fern $R/paper-protocol-sd4-random-isolated/fern \
+        --fox $R/paper-protocol-isolated/fox --fox-runs $R/paper-protocol-isolated/fox-per-frame \
+        --isolated $R/paper-protocol-isolated/fern $R/paper-protocol-sd4-random-isolated/fern \
+        $R/paper-protocol-isolated/fox $R/paper-protocol-isolated/fox-per-frame \
         --fox-scores $R/fox-x4-shared-gpu-scores.json --device "NVIDIA H200" \
         --note "$(cat $R/scale-h200.note.txt)" --out $R/scale-h200   # the committed table
 
@@ -12,7 +14,9 @@ its own process, and the shared warm-up's), writes <out>.json and <out>.md. Per 
 ratio_vs_no_diffusion = 3dsr's wall time / the bicubic run's, both from the warm-up checkpoint on (the same schedule
 and 3DGS work, no SR model); whole_run_ratio counts the shared LR warm-up in both. --isolated names the folders whose
 methods ran one process at a time on the GPU (run_llff_quality.sh with ISOLATED=1); the others shared it.
-The fox capture's row also holds each method's quality against the original photos.
+The fox capture's row also holds each method's quality against the original photos, with its wall time and peak GPU
+memory: from --fox, then from the --fox-runs folders and the --fox-scores JSON (runs with their own warm-up). A
+method found in more than one is listed once per run (`other_runs`), since runs from different warm-ups differ.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ class Args:
     out: Path
     fox: Optional[Path] = None
     """compare.py output folder of the fox x4 capture (scripts/prepare_capture.py)."""
+    fox_runs: Tuple[Path, ...] = ()
+    """More compare.py folders of the fox capture (each with its own warm-up), e.g. a method run alone later."""
     fox_scores: Optional[Path] = None
     """score_test_views.py-style JSON {method: {"mean": {...}, "hf_energy_ratio_render": ...}, "_about": "..."} of an
     earlier fox run: its methods that --fox lacks are added to the fox metrics, marked with their source."""
@@ -62,14 +68,26 @@ def run_entry(folder: Path, isolated: bool) -> dict:
             "folder": str(folder)}
 
 
-def fox_metrics(folder: Path, earlier: Optional[Path]) -> dict:
-    methods = json.loads((folder / "compare.json").read_text())["methods"]
-    metrics = {m: {**{k: v.get(k) for k in FOX_KEYS}, "source": str(folder)} for m, v in methods.items()}
+def fox_metrics(folder: Path, more: Tuple[Path, ...], earlier: Optional[Path], isolated: set) -> dict:
+    """{method: {FOX_KEYS..., wall_s, peak_gpu_mem_gb, isolated, source, other_runs: [the same, of other runs]}}."""
+    found = []  # (method, row), in the order the runs are given
+    for path in (folder, *more):
+        for method, v in json.loads((path / "compare.json").read_text())["methods"].items():
+            found.append((method, {**{k: v.get(k) for k in FOX_KEYS}, "wall_s": v.get("wall_s"),
+                                   "peak_gpu_mem_gb": v.get("peak_gpu_mem_gb"),
+                                   "isolated": path.resolve() in isolated, "source": str(path)}))
     if earlier is not None:
         for method, r in json.loads(earlier.read_text()).items():
-            if method not in metrics and not method.startswith("_"):  # "_about": where the scores came from
-                metrics[method] = {**{k: r["mean"].get(k) for k in FOX_KEYS if k in r["mean"]},
-                                   "hf_energy_ratio_render": r.get("hf_energy_ratio_render"), "source": str(earlier)}
+            if not method.startswith("_"):  # "_about": where the scores came from
+                found.append((method, {**{k: r["mean"].get(k) for k in FOX_KEYS if k in r["mean"]},
+                                       "hf_energy_ratio_render": r.get("hf_energy_ratio_render"), "wall_s": None,
+                                       "peak_gpu_mem_gb": None, "isolated": False, "source": str(earlier)}))
+    metrics: dict = {}
+    for method, row in found:
+        if method in metrics:
+            metrics[method]["other_runs"].append(row)
+        else:
+            metrics[method] = {**row, "other_runs": []}
     return metrics
 
 
@@ -94,7 +112,7 @@ def main() -> None:
     if args.fox is not None:
         entry = run_entry(args.fox, args.fox.resolve() in isolated)
         entry["protocol"] = "capture x4 (LR = photos / 4, GT = the photos)"
-        entry["metrics"] = fox_metrics(args.fox, args.fox_scores)
+        entry["metrics"] = fox_metrics(args.fox, args.fox_runs, args.fox_scores, isolated)
         table["runs"][f"fox-x4-{entry['backend']}" + ("-isolated" if entry["isolated"] else "")] = entry
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.json").write_text(json.dumps(table, indent=2))
@@ -112,12 +130,15 @@ def main() -> None:
         if "metrics" not in run:
             continue
         text += [f"{name}: the capture against its original photos (resampled into the undistorted render frame):", "",
-                 "| method | PSNR (dB) | SSIM | LPIPS-Alex | LPIPS-VGG | DISTS | LR PSNR (dB) | from |",
-                 "|---|---|---|---|---|---|---|---|"]
-        for method, m in run["metrics"].items():
-            text.append(f"| {method} | {_fmt(m.get('psnr'), 3)} | {_fmt(m.get('ssim'), 4)} | {_fmt(m.get('lpips_alex'), 4)} | "
-                        f"{_fmt(m.get('lpips_vgg'), 4)} | {_fmt(m.get('dists'), 4)} | {_fmt(m.get('lr_psnr'), 2)} | "
-                        f"{m['source']} |")
+                 "| method | PSNR (dB) | SSIM | LPIPS-Alex | LPIPS-VGG | DISTS | LR PSNR (dB) | wall (s) | GPU | from |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
+        for method, first in run["metrics"].items():
+            for i, m in enumerate([first, *first["other_runs"]]):
+                label = method if i == 0 else f"{method} (another run)"
+                gpu = "alone" if m["isolated"] else "shared"
+                text.append(f"| {label} | {_fmt(m.get('psnr'), 3)} | {_fmt(m.get('ssim'), 4)} | "
+                            f"{_fmt(m.get('lpips_alex'), 4)} | {_fmt(m.get('lpips_vgg'), 4)} | {_fmt(m.get('dists'), 4)} | "
+                            f"{_fmt(m.get('lr_psnr'), 2)} | {_fmt(m.get('wall_s'), 0)} | {gpu} | {m['source']} |")
         text.append("")
     Path(f"{args.out}.md").write_text("\n".join(text))
     print("\n".join(text))

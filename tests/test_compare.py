@@ -76,7 +76,9 @@ def test_compare_trains_and_scores_bicubic_per_frame_and_3dsr(tiny_fern: Path, t
             {k: mean[k] for k in ("psnr", "lpips_alex", "detail_consistency", "wall_s")}
     d_psnr = scores["3dsr"]["psnr"] - scores["per-frame"]["psnr"]
     text = stem.with_suffix(".md").read_text()
-    assert f"- fern: 3dsr - per-frame = {d_psnr:+.3f} dB PSNR" in text and "| 3DSR | 24.21 | 0.754 | 0.181 |" in text
+    assert f"- fern: 3dsr - per-frame = {d_psnr:+.3f} dB PSNR" in text
+    # the paper's figures are for its own protocol: a small-protocol table does not set them beside its rows
+    assert "| 3DSR | 24.21" not in text and "paper +1.460" not in text and "not the small protocol" in text
     assert Image.open(f"{stem}-crops.png").size == Image.open(out / "crops.png").size
 
 
@@ -160,3 +162,20 @@ def test_hr_3dgs_trains_at_gt_size_from_scratch_and_is_scored_at_gt_size(tiny_fe
     assert config.pipeline.datamanager.data.name == "transforms_gt.json" and config.load_checkpoint is None
     final = sorted((out / "runs" / "fern" / "3dsr" / "hr-3dgs" / "nerfstudio_models").glob("*.ckpt"))[-1]
     assert final.name == "step-000000011.ckpt"  # N0 + K*M = 12 iterations
+
+
+def test_quality_table_sets_the_paper_figures_beside_paper_protocol_tables_only(monkeypatch):
+    spec = importlib.util.spec_from_file_location("quality_table", QUALITY_TABLE)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclass looks its module up
+    spec.loader.exec_module(module)
+    method = {key: 0.5 for key in module.KEYS}
+    for protocol in ("paper", "small"):
+        table = {"protocol": protocol, "device": "cpu", "schedule": {"N0": 10, "K": 4, "M": 5},
+                 "backend": {"runs/fern": "compact"},
+                 "scenes": {"fern": {"render_size": [8, 6], "methods": {"per-frame": dict(method),
+                                                                        "3dsr": {**method, "psnr": 0.75}}}}}
+        text = module.markdown(table, "")
+        assert "- fern: 3dsr - per-frame = +0.250 dB PSNR" in text
+        assert ("| 3DSR | 24.21 | 0.754 | 0.181 |" in text) == (protocol == "paper"), protocol
+        assert ("paper +1.460" in text) == (protocol == "paper"), protocol

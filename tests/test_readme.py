@@ -32,21 +32,42 @@ def test_heldout_priors_table_matches_its_json():
             f"{e['hf_energy_ratio']:.3f}", f"{e['seed_spread'] * 255:.2f}"], name
 
 
+def fmt(value, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def test_paper_protocol_table_matches_its_json():
     table = json.loads((RESULTS / "quality-llff-paper.json").read_text())
+    assert table["protocol"] == "paper"
     rows = table_rows("fern|flower", 7)
-    assert len(rows) == sum(len(s["methods"]) for s in table["scenes"].values()) == 12
+    assert len(rows) == sum(len(s["methods"]) for s in table["scenes"].values()) == 14
     for scene, method, psnr, ssim, lpips, dists, detail in rows:
         m = table["scenes"][scene]["methods"][method]
         assert [psnr, ssim, lpips, dists, detail] == [
-            f"{m['psnr']:.3f}", f"{m['ssim']:.4f}", f"{m['lpips_alex']:.4f}", f"{m['dists']:.4f}",
-            f"{m['detail_consistency']:.4f}"], (scene, method)
+            fmt(m["psnr"], 3), fmt(m["ssim"], 4), fmt(m["lpips_alex"], 4), fmt(m["dists"], 4),
+            fmt(m["detail_consistency"], 4)], (scene, method)
+
+
+def test_small_protocol_table_matches_its_json():
+    table = json.loads((RESULTS / "quality-llff-small.json").read_text())
+    assert table["protocol"] == "small"
+    rows = table_rows("fern|flower|horns", 8)
+    assert len(rows) == sum(len(s["methods"]) for s in table["scenes"].values()) == 9
+    for scene, method, psnr, ssim, lpips, lpips_vgg, dists, detail in rows:
+        m = table["scenes"][scene]["methods"][method]
+        assert [psnr, ssim, lpips, lpips_vgg, dists, detail] == [
+            fmt(m["psnr"], 3), fmt(m["ssim"], 4), fmt(m["lpips_alex"], 4), fmt(m["lpips_vgg"], 4),
+            fmt(m["dists"], 4), fmt(m["detail_consistency"], 4)], (scene, method)
+    flat = README.replace("\n", " ")
+    for scene, entry in table["scenes"].items():  # the margins the prose quotes
+        ours, base = entry["methods"]["3dsr"], entry["methods"]["per-frame"]
+        assert f"{ours['psnr'] - base['psnr']:+.3f}" in flat, scene
 
 
 def test_scale_table_matches_its_json():
     runs = json.loads((RESULTS / "scale-h200.json").read_text())["runs"]
     rows = table_rows(r"(fern|flower|fox)-.*", 6)
-    assert len(rows) == len(runs) == 5
+    assert len(rows) == len(runs) == 6
 
     def ratio(value):
         return "n/a" if value is None else f"{value:.2f}x"
