@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
-from threedsr_ns.artifacts import contact_sheet, save_sr_targets
+from threedsr_ns.artifacts import ArtifactWriter, contact_sheet, save_sr_targets, to_uint8
 
 
 def test_contact_sheet_places_lr_sr_and_render_in_columns():
@@ -26,3 +27,32 @@ def test_sr_targets_are_saved_under_the_input_names(tmp_path):
     saved = np.asarray(Image.open(tmp_path / "b.png"))
     assert saved.shape == (12, 16, 3)
     assert np.abs(saved / 255.0 - targets[1].permute(1, 2, 0).numpy()).max() <= 0.5 / 255 + 1e-6
+
+
+def test_the_background_writer_writes_what_was_queued_even_after_the_source_changes(tmp_path):
+    targets = torch.rand(3, 3, 20, 24)
+    queued = to_uint8(targets)
+    writer = ArtifactWriter()
+    sheet = Image.new("RGB", (8, 6), "white")
+    writer.submit(tmp_path / "contact_sheet_step1.png", sheet, tmp_path / "sr_targets" / "step1", queued,
+                  ["images/a.jpg", "images/b.jpg", "images/c.jpg"])
+    writer.submit(tmp_path / "contact_sheet_step2.png", sheet)  # targets unchanged: the sheet only
+    expected = queued.copy()
+    targets.zero_()  # training swaps new targets in while the writer works: the queued copy is what is written
+    writer.wait()
+    for i, name in enumerate("abc"):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "sr_targets" / "step1" / f"{name}.png")), expected[i])
+    assert (tmp_path / "contact_sheet_step2.png").is_file() and not (tmp_path / "sr_targets" / "step2").exists()
+
+
+def test_a_failed_background_write_is_raised_in_the_training_thread_naming_the_file(tmp_path):
+    blocked = tmp_path / "sr_targets"
+    blocked.write_text("a file where the folder should be")
+    writer = ArtifactWriter()
+    images = np.zeros((1, 4, 4, 3), np.uint8)
+    writer.submit(tmp_path / "sheet.png", Image.new("RGB", (4, 4)), blocked / "step1", images, ["a.png"])
+    with pytest.raises(OSError, match=r"sr_targets/step1: could not write the 3dsr pictures.*save-artifacts False"):
+        writer.wait()
+    writer.submit(tmp_path / "sheet.png", Image.new("RGB", (4, 4)))  # the writer goes on after reporting it
+    writer.wait()
+    assert (tmp_path / "sheet.png").is_file()

@@ -50,6 +50,10 @@ def test_compare_trains_and_scores_bicubic_per_frame_and_3dsr(tiny_fern: Path, t
     assert Image.open(out / "crops.png").size == (4 * 48, 48 + 16)  # GT + three renders
     # one LR warm-up (stopped after N0 = 8 iterations), and every method continued from its checkpoint to N0 + K*M
     runs = out / "runs" / "fern" / "3dsr"
+    # the pictures for people: a step whose targets did not change (bicubic after step 1) writes its sheet only
+    for method, steps in (("bicubic", ["final", "step1"]), ("3dsr", ["final", "step1", "step2"])):
+        assert sorted(p.name for p in (runs / method / "sr_targets").iterdir()) == steps, method
+        assert (runs / method / "contact_sheet_step2.png").is_file(), method
     warmup = sorted((runs / "warm-up" / "nerfstudio_models").glob("step-*.ckpt"))
     assert [c.name for c in warmup] == ["step-000000007.ckpt"]
     for method in scores:

@@ -80,3 +80,8 @@ def test_scale_table_matches_its_json():
     fox = runs["fox-x4-compact-isolated"]["metrics"]
     for method in ("3dsr", "bicubic", "per-frame"):
         assert f"{fox[method]['psnr']:.3f} dB / {fox[method]['lpips_alex']:.4f}" in README.replace("\n", " "), method
+
+
+def test_artifact_write_figures_match_their_json():
+    r = json.loads((RESULTS / "artifact-writes-cpu.json").read_text())
+    assert f"holds training up {r['submit_s']:.1f} s instead of {r['sync_s']:.1f} s" in README.replace("\n", " ")

@@ -32,7 +32,7 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttrib
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from threedsr_ns.artifacts import contact_sheet, save_sr_targets
+from threedsr_ns.artifacts import ArtifactWriter, contact_sheet, to_uint8
 from threedsr_ns.backends import make_backend
 from threedsr_ns.colorfix import bicubic_upsample
 from threedsr_ns.datamanager import ThreeDSRDataManager, ThreeDSRDataManagerConfig
@@ -103,7 +103,8 @@ class ThreeDSRPipelineConfig(VanillaPipelineConfig):
     """Processes the guidance steps are sharded over, by view: N > 1 on CUDA spawns workers on cuda:1..N-1 (each
     with its own frozen copy of the SR model, over NCCL); on the CPU, N gloo processes. 3DGS trains here only."""
     save_artifacts: bool = True
-    """Write each guidance step's SR targets (PNG) and contact sheets into the run's folder, for people."""
+    """Write each guidance step's SR targets (PNG) and contact sheets into the run's folder, for people, on a
+    background thread; a step that leaves the targets as they were (a non-diffusion backend) writes its sheet only."""
 
     @property
     def schedule(self) -> PhaseSchedule:
@@ -128,6 +129,7 @@ class ThreeDSRPipeline(VanillaPipeline):
         self.guidance_log: List[Dict[str, float]] = []
         self._optimizers = None
         self._artifacts_dir: Optional[Path] = None
+        self._artifacts = ArtifactWriter()
         self._first_sr: Optional[torch.Tensor] = None
         """Step 1's (per-frame) SR of the first few views, uint8 [n, 3, sH, sW] on the CPU, for the contact sheets."""
         self.backend = None
@@ -234,7 +236,7 @@ class ThreeDSRPipeline(VanillaPipeline):
         self._restart_lr_schedules()
         self.guidance_log.append({"step": k, "iteration": step, **timer.seconds})
         CONSOLE.log(f"[bold]3dsr[/bold] denoise step {k} done: " + ", ".join(f"{n} {s:.2f}s" for n, s in timer.seconds.items()))
-        self.write_artifacts(f"step{k}")
+        self.write_artifacts(f"step{k}", targets_changed=sr is not None)
 
     def _sampler_step(self, k: int, lr: torch.Tensor, lr_up: torch.Tensor, timer: "_StepTimer",
                       toward: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -256,20 +258,23 @@ class ThreeDSRPipeline(VanillaPipeline):
     def final_artifacts_callback(self, step: int) -> None:
         if step == self.schedule.total_iterations - 1 and self.steps_done > 0:
             self.write_artifacts("final")
+            self._artifacts.wait()  # the run's pictures are on disk when training returns
 
     @torch.no_grad()
-    def write_artifacts(self, name: str) -> None:
-        """sr_targets/<name>/<view>.png for every train view and contact_sheet_<name>.png (first few views)."""
+    def write_artifacts(self, name: str, targets_changed: bool = True) -> None:
+        """Queue sr_targets/<name>/<view>.png for every train view (when `targets_changed`) and
+        contact_sheet_<name>.png (first few views) for the background writer."""
         if self._artifacts_dir is None or self.datamanager.sr_targets is None:
             return
         sr = self.datamanager.sr_targets.permute(0, 3, 1, 2)
         names = self.datamanager.train_dataset._dataparser_outputs.image_filenames
-        save_sr_targets(self._artifacts_dir / "sr_targets" / name, sr, names)
         views = range(min(CONTACT_SHEET_VIEWS, len(names)))
         first = self._first_sr.float() / 255.0 if self._first_sr is not None else sr[: len(views)]
         sheet = contact_sheet(self.datamanager.lr_images(sr.device)[: len(views)], first.to(sr.device),
                               sr[: len(views)], self.render_train_views(views, device=sr.device), max_views=len(views))
-        sheet.save(self._artifacts_dir / f"contact_sheet_{name}.png")
+        targets = to_uint8(sr) if targets_changed else None  # a CPU copy: the next swap may come before it is written
+        self._artifacts.submit(self._artifacts_dir / f"contact_sheet_{name}.png", sheet,
+                               self._artifacts_dir / "sr_targets" / name, targets, names)
 
     def render_train_views(self, views: Optional[Iterable[int]] = None, device=None) -> torch.Tensor:
         """Render train views (default: all) at the current (HR) camera size: [N, 3, H, W] in [0, 1] on `device`

@@ -1,0 +1,77 @@
+"""How long a guidance step's pictures hold up training: PNG writes in the training thread vs the background writer.
+
+    python scripts/benchmark_artifacts.py --images ../shared/data/llff/fern/images_2 \
+        --json benchmarks/results/artifact-writes-cpu.json
+
+Takes the first --views photos of a folder (LLFF fern's 2016x1512 GT photos: real content, the paper protocol's SR
+target size) as one step's SR targets and times, on this machine:
+  sync     threedsr_ns.artifacts.save_sr_targets in the calling thread (what a guidance step did before)
+  submit   what the training thread does now: the uint8 CPU copy and ArtifactWriter.submit
+  drain    from submit until the background writer has the PNGs on disk (it overlaps the next HR iterations)
+each --repeats times (median).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import tyro
+from PIL import Image
+
+from threedsr_ns.artifacts import ArtifactWriter, save_sr_targets, to_uint8
+
+
+@dataclass
+class Args:
+    images: Path
+    """Folder of photos used as one step's SR targets."""
+    views: int = 17
+    """Train views per step (LLFF fern has 17)."""
+    repeats: int = 3
+    json: Optional[Path] = None
+    """Where to write the result (also printed)."""
+
+
+def main() -> None:
+    args = tyro.cli(Args, description=__doc__)
+    files = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[: args.views]
+    if len(files) < args.views:
+        raise SystemExit(f"{args.images}: {len(files)} photos, --views {args.views} asked for")
+    targets = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))) for f in files])
+    targets = targets.permute(0, 3, 1, 2).float() / 255.0  # as the datamanager holds them: float in [0, 1]
+    names = [f.name for f in files]
+    sheet = Image.new("RGB", (1280, 1000), "white")
+    times: dict = {"sync": [], "submit": [], "drain": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            start = time.perf_counter()
+            save_sr_targets(Path(tmp) / f"sync{r}", targets, names)
+            sheet.save(Path(tmp) / f"sync{r}.png")
+            times["sync"].append(time.perf_counter() - start)
+            writer = ArtifactWriter()
+            start = time.perf_counter()
+            writer.submit(Path(tmp) / f"async{r}.png", sheet, Path(tmp) / f"async{r}", to_uint8(targets), names)
+            times["submit"].append(time.perf_counter() - start)
+            writer.wait()
+            times["drain"].append(time.perf_counter() - start)
+    h, w = targets.shape[-2:]
+    result = {"views": args.views, "size": [int(w), int(h)], "images": str(args.images), "repeats": args.repeats,
+              "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+              **{f"{k}_s": statistics.median(v) for k, v in times.items()}}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json is not None:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
