@@ -12,6 +12,9 @@
 #   WAIT_FOR=OTHER_WORK/all.done bash scripts/run_llff_quality.sh start ...   # begin once another job has ended
 #
 # A scene folder may appear only later (carried by a later device call): its job waits for <scene>/split.json.
+# The job runs a snapshot of the code, WORK/code (scripts/, threedsr_ns/, pyproject.toml, first on PYTHONPATH): each
+# device call re-copies the working tree, and a process (or a spawned worker) that starts meanwhile would find no
+# scripts/compare.py.
 # Weights the machine lacks are found through THREEDSR_METRIC_WEIGHTS / THREEDSR_REALESRGAN_WEIGHTS (exported by
 # scripts/export_metric_weights.py and python -m threedsr_ns.backends.realesrgan export).
 #   bash scripts/run_llff_quality.sh status WORK                    # tail of each log; "N of M scene(s) done"
@@ -28,11 +31,15 @@ case "$cmd" in
     jobs=$(wc -w <<< "$methods") background="&"
     [ -n "${ISOLATED:-}" ] && jobs=1 background=""  # the scenes in sequence, each method alone
     shift 3
+    work=$(realpath -m "$work")
+    code="$work/code" repo=$(cd "$(dirname "$0")/.." && pwd)
     mkdir -p "$work"
+    rm -rf "$code" && mkdir "$code" && cp -r "$repo/scripts" "$repo/threedsr_ns" "$repo/pyproject.toml" "$code/"
     echo "$#" > "$work/scenes.txt"
-    job="until [ -z '${WAIT_FOR:-}' ] || [ -f '${WAIT_FOR:-}' ]; do sleep 5; done"
+    job="cd '$code'; export PYTHONPATH='$code'\${PYTHONPATH:+:\$PYTHONPATH}
+      until [ -z '${WAIT_FOR:-}' ] || [ -f '${WAIT_FOR:-}' ]; do sleep 5; done"
     for data in "$@"; do
-      scene=$(basename "$data")
+      data=$(realpath -m "$data") scene=$(basename "$data")
       job+="
         (until [ -f '$data/split.json' ]; do sleep 5; done
         start=\$(date +%s)

@@ -70,16 +70,15 @@ class ArtifactWriter:
 
 def _write(sheet_path: Path, sheet: Image.Image, folder: Optional[Path], targets: Optional[np.ndarray],
            names: Sequence[str]) -> None:
-    path = sheet_path
-    try:
-        if targets is not None and folder is not None:
-            path = folder
-            save_sr_targets(folder, targets, names)
-        path = sheet_path
-        sheet.save(sheet_path)
-    except OSError as error:
-        raise OSError(f"{path}: could not write the 3dsr pictures ({error}); free disk space, or train with "
-                      "--pipeline.save-artifacts False") from error
+    writes = [(sheet_path, lambda: sheet.save(sheet_path))]
+    if targets is not None and folder is not None:
+        writes.insert(0, (folder, lambda: save_sr_targets(folder, targets, names)))
+    for path, write in writes:
+        try:
+            write()
+        except OSError as error:
+            raise OSError(f"{path}: could not write the 3dsr pictures ({error}); free disk space, or train with "
+                          "--pipeline.save-artifacts False") from error
 
 
 def contact_sheet(lr: torch.Tensor, sr_first: torch.Tensor, sr_now: torch.Tensor, render: torch.Tensor,

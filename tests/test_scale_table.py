@@ -1,0 +1,50 @@
+"""scripts/scale_table.py: issue 14's cost table from compare.py folders."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "scale_table.py"
+
+
+def compare_folder(folder: Path, methods: dict, warmup_s: float = 60.0) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "compare.json").write_text(json.dumps({
+        "protocol": "paper", "render_size": [2016, 1512], "backend": "compact", "schedule": {"N0": 50, "K": 4, "M": 10},
+        "warmup": {"wall_s": warmup_s, "peak_gpu_mem_gb": 0.2}, "methods": methods}))
+    return folder
+
+
+def method(psnr: float, wall_s: float) -> dict:
+    return {"psnr": psnr, "lpips_alex": 0.3, "wall_s": wall_s, "peak_gpu_mem_gb": 9.0}
+
+
+def test_ratios_and_every_fox_run_of_a_method_are_kept(tmp_path: Path):
+    fern = compare_folder(tmp_path / "alone" / "fern", {"bicubic": method(23.0, 200.0), "3dsr": method(23.3, 230.0)})
+    fox = compare_folder(tmp_path / "alone" / "fox", {"bicubic": method(28.2, 259.0), "3dsr": method(28.3, 317.0)})
+    later = compare_folder(tmp_path / "later" / "fox", {"per-frame": method(27.5, 366.0)}, warmup_s=68.0)
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"_about": "an earlier run", "per-frame": {"mean": {"psnr": 28.1, "lpips_alex": 0.39}},
+                                   "3dsr": {"mean": {"psnr": 28.17, "lpips_alex": 0.393}}}))
+    out = tmp_path / "scale"
+    result = subprocess.run([sys.executable, str(SCRIPT), "--llff", str(fern), "--fox", str(fox), "--fox-runs", str(later),
+                             "--fox-scores", str(earlier), "--isolated", str(fern), str(fox), str(later), "--out", str(out)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = json.loads(out.with_suffix(".json").read_text())["runs"]
+    assert set(runs) == {"fern-paper-compact-isolated", "fox-x4-compact-isolated"}
+    fern_run = runs["fern-paper-compact-isolated"]
+    assert abs(fern_run["ratio_vs_no_diffusion"] - 230 / 200) < 1e-9
+    assert abs(fern_run["whole_run_ratio"] - (60 + 230) / (60 + 200)) < 1e-9  # the shared warm-up counted in both
+    metrics = runs["fox-x4-compact-isolated"]["metrics"]
+    assert list(metrics) == ["bicubic", "3dsr", "per-frame"]
+    # per-frame: the later run alone first, the earlier one kept beside it; 3dsr's earlier run kept too
+    assert (metrics["per-frame"]["psnr"], metrics["per-frame"]["wall_s"], metrics["per-frame"]["isolated"]) == (27.5, 366.0, True)
+    assert [(r["psnr"], r["wall_s"], r["source"]) for r in metrics["per-frame"]["other_runs"]] == [(28.1, None, str(earlier))]
+    assert [r["psnr"] for r in metrics["3dsr"]["other_runs"]] == [28.17] and metrics["bicubic"]["other_runs"] == []
+    table = out.with_suffix(".md").read_text()
+    assert "| per-frame | 27.500 |" in table and "| per-frame (another run) | 28.100 |" in table
+    assert "| fern-paper-compact-isolated | 2016x1512 | N0=50, K=4, M=10 | alone | 230 | 1.15x | 1.12x | 9.0 |" in table
