@@ -42,7 +42,8 @@ class Args:
     """More compare.py folders of the fox capture (each with its own warm-up), e.g. a method run alone later."""
     fox_scores: Optional[Path] = None
     """score_test_views.py-style JSON {method: {"mean": {...}, "hf_energy_ratio_render": ...}, "_about": "..."} of an
-    earlier fox run: its methods that --fox lacks are added to the fox metrics, marked with their source."""
+    earlier fox run (one whose timings were not kept, listed as on a shared GPU): its methods are added to the fox
+    metrics with their source, beside the same methods' other runs."""
     isolated: Tuple[Path, ...] = ()
     """Those of the folders above whose methods ran one at a time on the GPU."""
     device: str = ""
