@@ -6,7 +6,7 @@
 Takes the first --views photos of a folder (LLFF fern's 2016x1512 GT photos: real content, the paper protocol's SR
 target size) as one step's SR targets and times, on this machine:
   sync     threedsr_ns.artifacts.save_sr_targets in the calling thread (what a guidance step did before)
-  submit   what the training thread does now: the uint8 CPU copy and ArtifactWriter.submit
+  submit   what the training thread does now: ArtifactWriter.submit (the uint8 CPU copy, then the queue)
   drain    from submit until the background writer has the PNGs on disk (it overlaps the next HR iterations)
 each --repeats times (median).
 """
@@ -27,7 +27,7 @@ import torch
 import tyro
 from PIL import Image
 
-from threedsr_ns.artifacts import ArtifactWriter, save_sr_targets, to_uint8
+from threedsr_ns.artifacts import ArtifactWriter, save_sr_targets
 
 
 @dataclass
@@ -59,7 +59,7 @@ def main() -> None:
             times["sync"].append(time.perf_counter() - start)
             writer = ArtifactWriter()
             start = time.perf_counter()
-            writer.submit(Path(tmp) / f"async{r}.png", sheet, Path(tmp) / f"async{r}", to_uint8(targets), names)
+            writer.submit(Path(tmp) / f"async{r}.png", sheet, Path(tmp) / f"async{r}", targets, names)
             times["submit"].append(time.perf_counter() - start)
             writer.wait()
             times["drain"].append(time.perf_counter() - start)

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from threedsr_ns import artifacts
 from threedsr_ns.artifacts import ArtifactWriter, contact_sheet, save_sr_targets, to_uint8
 
 
@@ -31,26 +34,43 @@ def test_sr_targets_are_saved_under_the_input_names(tmp_path):
 
 def test_the_background_writer_writes_what_was_queued_even_after_the_source_changes(tmp_path):
     targets = torch.rand(3, 3, 20, 24)
-    queued = to_uint8(targets)
+    expected = to_uint8(targets)
     writer = ArtifactWriter()
     sheet = Image.new("RGB", (8, 6), "white")
-    writer.submit(tmp_path / "contact_sheet_step1.png", sheet, tmp_path / "sr_targets" / "step1", queued,
+    writer.submit(tmp_path / "contact_sheet_step1.png", sheet, tmp_path / "sr_targets" / "step1", targets,
                   ["images/a.jpg", "images/b.jpg", "images/c.jpg"])
+    targets.zero_()  # training swaps new targets in while the writer works: the copy taken at submit is written
     writer.submit(tmp_path / "contact_sheet_step2.png", sheet)  # targets unchanged: the sheet only
-    expected = queued.copy()
-    targets.zero_()  # training swaps new targets in while the writer works: the queued copy is what is written
     writer.wait()
     for i, name in enumerate("abc"):
         assert np.array_equal(np.asarray(Image.open(tmp_path / "sr_targets" / "step1" / f"{name}.png")), expected[i])
     assert (tmp_path / "contact_sheet_step2.png").is_file() and not (tmp_path / "sr_targets" / "step2").exists()
 
 
+def test_a_step_waits_for_the_previous_steps_pictures_so_one_copy_at_most_waits(tmp_path, monkeypatch):
+    release, events = threading.Event(), []
+
+    def slow_save(folder, images, names):
+        events.append("first write starts")
+        release.wait(10)
+        events.append("first write ends")
+
+    monkeypatch.setattr(artifacts, "save_sr_targets", slow_save)
+    writer = ArtifactWriter()
+    sheet = Image.new("RGB", (4, 4))
+    writer.submit(tmp_path / "s1.png", sheet, tmp_path / "step1", torch.rand(1, 3, 4, 4), ["a.png"])
+    threading.Timer(0.3, release.set).start()
+    writer.submit(tmp_path / "s2.png", sheet)  # returns only once step 1's pictures are written
+    assert events == ["first write starts", "first write ends"]
+    writer.wait()
+    assert (tmp_path / "s1.png").is_file() and (tmp_path / "s2.png").is_file()
+
+
 def test_a_failed_background_write_is_raised_in_the_training_thread_naming_the_file(tmp_path):
     blocked = tmp_path / "sr_targets"
     blocked.write_text("a file where the folder should be")
     writer = ArtifactWriter()
-    images = np.zeros((1, 4, 4, 3), np.uint8)
-    writer.submit(tmp_path / "sheet.png", Image.new("RGB", (4, 4)), blocked / "step1", images, ["a.png"])
+    writer.submit(tmp_path / "sheet.png", Image.new("RGB", (4, 4)), blocked / "step1", torch.zeros(1, 3, 4, 4), ["a.png"])
     with pytest.raises(OSError, match=r"sr_targets/step1: could not write the 3dsr pictures.*save-artifacts False"):
         writer.wait()
     writer.submit(tmp_path / "sheet.png", Image.new("RGB", (4, 4)))  # the writer goes on after reporting it

@@ -36,36 +36,32 @@ def save_sr_targets(folder: Path, targets: torch.Tensor | np.ndarray, names: Seq
 
 class ArtifactWriter:
     """Writes the pictures on one background thread, so that training does not wait for PNG encoding (~0.5 s per
-    2016x1512 view: ~8 s per guidance step for LLFF fern's 17 views). What is queued is already on the CPU, so the
-    training thread may swap the SR targets while they are written. A failed write is raised in the training thread
-    at the next submit() or wait(), naming the file; wait() returns once everything queued is on disk."""
+    2016x1512 view: ~8 s per guidance step for LLFF fern's 17 views). submit() first waits for the previous submit's
+    pictures (they had a whole HR phase to be written; so one step's copy at most waits in memory, and a failed write
+    is raised in the training thread, naming the file), then copies the targets to the CPU and queues them: training
+    may swap in new targets at once. wait() returns once everything queued is on disk."""
 
     def __init__(self) -> None:
         self._pool: Optional[ThreadPoolExecutor] = None
         self._pending: List[Future] = []
 
     def submit(self, sheet_path: Path, sheet: Image.Image, targets_folder: Optional[Path] = None,
-               targets: Optional[np.ndarray] = None, names: Sequence[str] = ()) -> None:
-        """Queue a contact sheet and, when given, every view's SR target (uint8 [N, H, W, 3]) into targets_folder."""
-        self._raise_failed(wait=False)
+               targets: Optional[torch.Tensor] = None, names: Sequence[str] = ()) -> None:
+        """Queue a contact sheet and, when given, every view's SR target (float in [0, 1], [N, 3, H, W] or
+        [N, H, W, 3], any device) as <targets_folder>/<name>.png."""
+        self.wait()
+        images = None if targets is None else to_uint8(targets)
         if self._pool is None:  # interpreter exit joins the thread: what is queued is written even if training stops
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="3dsr-artifacts")
-        self._pending.append(self._pool.submit(_write, sheet_path, sheet, targets_folder, targets, tuple(names)))
+        self._pending.append(self._pool.submit(_write, sheet_path, sheet, targets_folder, images, tuple(names)))
 
     def wait(self) -> None:
-        self._raise_failed(wait=True)
-
-    def _raise_failed(self, wait: bool) -> None:
-        """Drop the finished jobs (all, after waiting for them, when `wait`); raise the first one that failed."""
-        running, failed = [], None
-        for job in self._pending:
-            if not wait and not job.done():
-                running.append(job)
-            elif job.exception() is not None and failed is None:  # exception() waits for the job
-                failed = job.exception()
-        self._pending = running
-        if failed is not None:
-            raise failed
+        """Block until every queued picture is written; raise the first failed write."""
+        pending, self._pending = self._pending, []
+        errors = [job.exception() for job in pending]  # exception() waits for its job
+        for error in errors:
+            if error is not None:
+                raise error
 
 
 def _write(sheet_path: Path, sheet: Image.Image, folder: Optional[Path], targets: Optional[np.ndarray],

@@ -32,7 +32,7 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttrib
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from threedsr_ns.artifacts import ArtifactWriter, contact_sheet, to_uint8
+from threedsr_ns.artifacts import ArtifactWriter, contact_sheet
 from threedsr_ns.backends import make_backend
 from threedsr_ns.colorfix import bicubic_upsample
 from threedsr_ns.datamanager import ThreeDSRDataManager, ThreeDSRDataManagerConfig
@@ -272,9 +272,8 @@ class ThreeDSRPipeline(VanillaPipeline):
         first = self._first_sr.float() / 255.0 if self._first_sr is not None else sr[: len(views)]
         sheet = contact_sheet(self.datamanager.lr_images(sr.device)[: len(views)], first.to(sr.device),
                               sr[: len(views)], self.render_train_views(views, device=sr.device), max_views=len(views))
-        targets = to_uint8(sr) if targets_changed else None  # a CPU copy: the next swap may come before it is written
         self._artifacts.submit(self._artifacts_dir / f"contact_sheet_{name}.png", sheet,
-                               self._artifacts_dir / "sr_targets" / name, targets, names)
+                               self._artifacts_dir / "sr_targets" / name, sr if targets_changed else None, names)
 
     def render_train_views(self, views: Optional[Iterable[int]] = None, device=None) -> torch.Tensor:
         """Render train views (default: all) at the current (HR) camera size: [N, 3, H, W] in [0, 1] on `device`
