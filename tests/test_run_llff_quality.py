@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -37,3 +38,15 @@ def test_the_detached_job_runs_its_own_snapshot_of_the_code(tiny_fern: Path, tmp
     assert "scene fern done in" in log and (work / "fern" / "compare.json").is_file(), log[-3000:]
     summary = json.loads((work / "fern" / "compare.json").read_text())
     assert list(summary["methods"]) == ["bicubic"] and summary["schedule"] == {"N0": 8, "K": 2, "M": 4}, log[-3000:]
+
+    # what a device call brings back: one tarball per scene, with the log's excerpt to commit beside the results
+    out = tmp_path / "out"
+    out.mkdir()
+    collected = subprocess.run(["bash", str(ROOT / "scripts" / "run_llff_quality.sh"), "collect", str(work), str(out)],
+                               capture_output=True, text=True, timeout=120)
+    assert collected.returncode == 0, collected.stdout + collected.stderr
+    with tarfile.open(out / "fern.tar.gz") as tar:
+        names = tar.getnames()
+        excerpt = tar.extractfile("fern/log-excerpt.txt").read().decode()
+    assert "fern/compare.json" in names and not any(n.startswith(("fern/runs", "fern/shared_geometry")) for n in names)
+    assert "| bicubic |" in excerpt and "scene fern done in" in excerpt and "Step (% Done)" not in excerpt
