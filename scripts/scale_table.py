@@ -55,16 +55,16 @@ def run_entry(folder: Path, isolated: bool) -> dict:
     result = json.loads((folder / "compare.json").read_text())
     methods = result["methods"]
     ours, plain = methods["3dsr"], methods.get("bicubic")
+    warmup = result.get("warmup", {}).get("wall_s")
     ratio = whole = None
     if plain and plain.get("wall_s"):
         ratio = ours["wall_s"] / plain["wall_s"]
-        warmup = result.get("warmup", {}).get("wall_s")
         if warmup is not None:
             whole = (warmup + ours["wall_s"]) / (warmup + plain["wall_s"])
     return {"render_size": result["render_size"], "protocol": result["protocol"], "backend": result["backend"],
             "schedule": result["schedule"], "isolated": isolated, "wall_s": ours["wall_s"],
             "ratio_vs_no_diffusion": ratio, "whole_run_ratio": whole,
-            "warmup_wall_s": result.get("warmup", {}).get("wall_s"), "peak_gpu_mem_gb": ours["peak_gpu_mem_gb"],
+            "warmup_wall_s": warmup, "peak_gpu_mem_gb": ours["peak_gpu_mem_gb"],
             "per_method": {m: {"wall_s": v["wall_s"], "peak_gpu_mem_gb": v["peak_gpu_mem_gb"]} for m, v in methods.items()},
             "folder": str(folder)}
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,16 @@ from threedsr_ns.llff import prepare_llff
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FERN = SHARED_DATA / "llff" / "fern"
+
+
+def load_script(path: Path, name: str, monkeypatch):
+    """A script of scripts/ as a module, registered in sys.modules for the test only (dataclasses resolve their
+    annotations through it)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -14,6 +13,8 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+
+from conftest import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare.py"
 QUALITY_TABLE = SCRIPT.with_name("quality_table.py")
@@ -94,10 +95,7 @@ def test_quality_table_names_a_scene_without_results(tmp_path: Path):
 
 def test_a_compare_run_cut_short_keeps_the_methods_already_scored(tiny_fern: Path, tmp_path: Path, monkeypatch):
     # a GPU machine can be taken back mid-run: the table must hold every method finished before that
-    spec = importlib.util.spec_from_file_location("compare_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "compare_script", module)  # dataclasses resolve annotations through it
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT, "compare_script", monkeypatch)
     train = module.train
 
     def train_until_3dsr(method, args, warmup_checkpoint=None):
@@ -169,10 +167,7 @@ def test_hr_3dgs_trains_at_gt_size_from_scratch_and_is_scored_at_gt_size(tiny_fe
 
 
 def test_quality_table_sets_the_paper_figures_beside_paper_protocol_tables_only(monkeypatch):
-    spec = importlib.util.spec_from_file_location("quality_table", QUALITY_TABLE)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclass looks its module up
-    spec.loader.exec_module(module)
+    module = load_script(QUALITY_TABLE, "quality_table", monkeypatch)
     method = {key: 0.5 for key in module.KEYS}
     for protocol in ("paper", "small"):
         table = {"protocol": protocol, "device": "cpu", "schedule": {"N0": 10, "K": 4, "M": 5},

@@ -3,7 +3,6 @@ and scripts/evaluate.py on a cheap tiny CPU run."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -17,6 +16,7 @@ import torch
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.scene_box import SceneBox
 
+from conftest import load_script
 from threedsr_ns import evaluation
 from threedsr_ns.evaluation import (EvaluationError, check_inputs, evaluate_run, load_run, lr_fidelity_psnr,
                                     multiview_consistency, nearest_camera_pairs, perceptual_or_none, psnr, ssim,
@@ -274,10 +274,7 @@ def test_missing_inputs_name_the_path_and_the_fix(tmp_path: Path, tiny_fern: Pat
         check_inputs(tmp_path / "config.yml", tmp_path)
 
     # the script turns them into one line on stderr and exit status 1
-    script = importlib.util.spec_from_file_location("evaluate_script", REPO / "scripts" / "evaluate.py")
-    module = importlib.util.module_from_spec(script)
-    monkeypatch.setitem(sys.modules, "evaluate_script", module)  # dataclasses resolve annotations through it
-    script.loader.exec_module(module)
+    module = load_script(REPO / "scripts" / "evaluate.py", "evaluate_script", monkeypatch)
     monkeypatch.setattr(sys, "argv", ["evaluate.py", "--config", str(tmp_path / "nope.yml"), "--data", str(tiny_fern)])
     with pytest.raises(SystemExit) as exit_info:
         module.entrypoint()

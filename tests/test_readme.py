@@ -8,6 +8,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+README_FLAT = README.replace("\n", " ")
+"""The README with its lines joined, for figures quoted in prose that may wrap."""
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -58,10 +60,9 @@ def test_small_protocol_table_matches_its_json():
         assert [psnr, ssim, lpips, lpips_vgg, dists, detail] == [
             fmt(m["psnr"], 3), fmt(m["ssim"], 4), fmt(m["lpips_alex"], 4), fmt(m["lpips_vgg"], 4),
             fmt(m["dists"], 4), fmt(m["detail_consistency"], 4)], (scene, method)
-    flat = README.replace("\n", " ")
     for scene, entry in table["scenes"].items():  # the margins the prose quotes
         ours, base = entry["methods"]["3dsr"], entry["methods"]["per-frame"]
-        assert f"{ours['psnr'] - base['psnr']:+.3f}" in flat, scene
+        assert f"{ours['psnr'] - base['psnr']:+.3f}" in README_FLAT, scene
 
 
 def test_scale_table_matches_its_json():
@@ -79,9 +80,9 @@ def test_scale_table_matches_its_json():
             ratio(r["whole_run_ratio"]), f"{r['peak_gpu_mem_gb']:.1f}"], name
     fox = runs["fox-x4-compact-isolated"]["metrics"]
     for method in ("3dsr", "bicubic", "per-frame"):
-        assert f"{fox[method]['psnr']:.3f} dB / {fox[method]['lpips_alex']:.4f}" in README.replace("\n", " "), method
+        assert f"{fox[method]['psnr']:.3f} dB / {fox[method]['lpips_alex']:.4f}" in README_FLAT, method
 
 
 def test_artifact_write_figures_match_their_json():
     r = json.loads((RESULTS / "artifact-writes-cpu.json").read_text())
-    assert f"holds training up {r['submit_s']:.1f} s instead of {r['sync_s']:.1f} s" in README.replace("\n", " ")
+    assert f"holds training up {r['submit_s']:.1f} s instead of {r['sync_s']:.1f} s" in README_FLAT

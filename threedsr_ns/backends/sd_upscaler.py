@@ -38,8 +38,7 @@ from safetensors.torch import save_file
 
 from threedsr_ns.backends import sd_x4_upscaler_config as x4_config
 from threedsr_ns.backends.base import SRBackend, default_device
-from threedsr_ns import guidance
-from threedsr_ns.guidance import Timestep, model_output_to_x0
+from threedsr_ns.guidance import Timestep, model_output_to_x0, randn
 
 logger = logging.getLogger(__name__)
 
@@ -291,7 +290,7 @@ class SDUpscalerBackend(SRBackend):
             raise ValueError(f"t has {timesteps.shape[0]} timesteps for a batch of {batch}")
         timesteps = timesteps.expand(batch)
         # one generator: drawn for all views at once, so batching does not change it; one per view: each view's own
-        noise = guidance.randn(lr_images.shape, "cpu", self.generator if generator is None else generator)
+        noise = randn(lr_images.shape, "cpu", self.generator if generator is None else generator)
         return self._in_batches(self._predict_x0_batch, x_t, timesteps, lr_images, noise).to(x_t.device)
 
     # ---- per-batch work (on self.device, under no_grad via _in_batches) -----------------------
