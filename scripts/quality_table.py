@@ -10,7 +10,8 @@ Reads each <scene>/compare.json and <scene>/crops.png; writes <out>.json
                                                                     detail_consistency, hf_energy_ratio, ...}}}}}
 
 <out>.md (one table, the paper's LLFF figures beside it, 3dsr's margins over the per-frame baseline per scene) and
-<out>-crops.png (the scenes' crops stacked). Every folder must share one protocol and schedule. Several folders of one
+<out>-crops.png (the scenes' crops stacked; with --no-stack-crops the Markdown links each folder's own crops.png
+instead, so that no second copy of them is committed). Every folder must share one protocol and schedule. Several folders of one
 scene (the same folder name, e.g. a later compare.py run of other methods with its own warm-up) are merged into that
 scene; each method records the `run` folder it came from and `backend` maps each folder to its --backend.
 """
@@ -18,6 +19,7 @@ scene; each method records the `run` folder it came from and `backend` maps each
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
@@ -46,6 +48,8 @@ class Args:
     """The machine the runs were made on."""
     note: str = ""
     """Lines on how the runs were made (command) and how they differ from the paper's, for the Markdown."""
+    stack_crops: bool = True
+    """Write <out>-crops.png, the folders' crops.png stacked; off: the Markdown links each folder's crops.png."""
 
 
 def merge(scenes: Tuple[Path, ...], device: str) -> dict:
@@ -148,8 +152,13 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.json").write_text(json.dumps(table, indent=2))
     text = markdown(table, args.note)
-    Path(f"{args.out}.md").write_text(text + f"\n![crops]({args.out.name}-crops.png)\n")
-    stack_crops(args.scenes).save(f"{args.out}-crops.png")
+    if args.stack_crops:
+        figures = f"\n![crops]({args.out.name}-crops.png)\n"
+        stack_crops(args.scenes).save(f"{args.out}-crops.png")
+    else:
+        figures = "".join(f"\n![{folder.name} ({folder.parent.name})]({os.path.relpath(folder / 'crops.png', args.out.parent)})\n"
+                          for folder in args.scenes)
+    Path(f"{args.out}.md").write_text(text + figures)
     print(text)
 
 

@@ -178,3 +178,22 @@ def test_quality_table_sets_the_paper_figures_beside_paper_protocol_tables_only(
         assert "- fern: 3dsr - per-frame = +0.250 dB PSNR" in text
         assert ("| 3DSR | 24.21 | 0.754 | 0.181 |" in text) == (protocol == "paper"), protocol
         assert ("paper +1.460" in text) == (protocol == "paper"), protocol
+
+
+def test_quality_table_can_link_each_scenes_crops_instead_of_stacking_a_copy(tmp_path: Path):
+    scenes = []
+    for scene in ("fern", "flower"):
+        folder = tmp_path / "runs" / scene
+        folder.mkdir(parents=True)
+        (folder / "compare.json").write_text(json.dumps({
+            "protocol": "small", "render_size": [8, 6], "backend": "compact", "schedule": {"N0": 1, "K": 4, "M": 1},
+            "methods": {"bicubic": {"psnr": 20.0}}}))
+        Image.new("RGB", (8, 6)).save(folder / "crops.png")
+        scenes.append(str(folder))
+    stem = tmp_path / "results" / "quality"
+    result = subprocess.run([sys.executable, str(QUALITY_TABLE), "--scenes", *scenes, "--out", str(stem),
+                             "--no-stack-crops"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = stem.with_suffix(".md").read_text()
+    assert "![fern (runs)](../runs/fern/crops.png)" in text and "![flower (runs)](../runs/flower/crops.png)" in text
+    assert not Path(f"{stem}-crops.png").exists() and "| fern | bicubic | 20.000 |" in text
