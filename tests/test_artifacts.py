@@ -76,3 +76,36 @@ def test_a_failed_background_write_is_raised_in_the_training_thread_naming_the_f
     writer.submit(tmp_path / "sheet.png", Image.new("RGB", (4, 4)))  # the writer goes on after reporting it
     writer.wait()
     assert (tmp_path / "sheet.png").is_file()
+
+
+def test_unchanged_targets_get_their_folder_as_links_to_the_last_written_pngs(tmp_path):
+    targets = torch.rand(2, 3, 10, 12)
+    names = ["images/a.jpg", "images/b.jpg"]
+    writer = ArtifactWriter()
+    sheet = Image.new("RGB", (4, 4))
+    with pytest.raises(ValueError, match="final: no SR targets were written yet"):
+        writer.submit(tmp_path / "s0.png", sheet, tmp_path / "final", None, names)
+    writer.submit(tmp_path / "s1.png", sheet, tmp_path / "step1", targets, names)
+    writer.submit(tmp_path / "s2.png", sheet)  # a step that left them as they were: no folder
+    writer.submit(tmp_path / "s3.png", sheet, tmp_path / "final", None, names)
+    writer.wait()
+    assert not (tmp_path / "step2").exists()
+    for name, expected in zip("ab", to_uint8(targets)):
+        final = tmp_path / "final" / f"{name}.png"
+        assert final.samefile(tmp_path / "step1" / f"{name}.png")
+        assert np.array_equal(np.asarray(Image.open(final)), expected)
+
+
+def test_links_fall_back_to_copies_where_the_file_system_cannot_link(tmp_path, monkeypatch):
+    save_sr_targets(tmp_path / "step1", torch.rand(1, 3, 6, 8), ["a.png"])
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final" / "a.png").write_bytes(b"stale")  # e.g. a resumed run writing its final folder again
+
+    def no_links(src, dst):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(artifacts.os, "link", no_links)
+    artifacts.link_sr_targets(tmp_path / "step1", tmp_path / "final", ["a.png"])
+    copied = tmp_path / "final" / "a.png"
+    assert not copied.samefile(tmp_path / "step1" / "a.png")
+    assert copied.read_bytes() == (tmp_path / "step1" / "a.png").read_bytes()

@@ -92,7 +92,10 @@ def test_two_gloo_processes_give_the_one_process_sr_targets_bit_for_bit(tiny_fer
             single.run_guidance_step(k, step=10 + 5 * (k - 1))
             sharded.run_guidance_step(k, step=10 + 5 * (k - 1))
             assert torch.equal(sharded.datamanager.sr_targets, single.datamanager.sr_targets), k
-            assert torch.equal(sharded.latents, single.latents), k
+            if k < 3:
+                assert torch.equal(sharded.latents, single.latents), k
+            else:  # no sampler step is left: both free the sampler state
+                assert sharded.latents is None and single.latents is None
             if previous is not None:
                 assert (sharded.datamanager.sr_targets - previous).abs().mean() > 1e-3
             previous = sharded.datamanager.sr_targets.clone()

@@ -61,8 +61,9 @@ def test_training_runs_the_whole_schedule_and_swaps_hr_targets(finished_run: Pat
     # the second denoising step produced new targets for every view
     change = (end["sr_targets_uint8"].float() - mid["sr_targets_uint8"].float()).div(255).abs().flatten(1).mean(1)
     assert (change > 1e-3).all(), change
-    # sampler state: latents at the LR grid (the SD x4 VAE downsamples x4)
-    assert end["latents"].shape[0] == n_train and end["latents"].shape[-2:] == (24, 32)
+    # sampler state: latents at the LR grid (the SD x4 VAE downsamples x4), kept only while a sampler step is left
+    assert mid["latents"].shape[0] == n_train and mid["latents"].shape[-2:] == (24, 32)
+    assert mid["latents"].dtype == torch.float16 and end["latents"] is None
 
 
 def test_sr_targets_and_contact_sheets_are_written_for_people(finished_run: Path):
@@ -73,6 +74,9 @@ def test_sr_targets_and_contact_sheets_are_written_for_people(finished_run: Path
         assert len(pngs) == 17 and Image.open(pngs[0]).size == (128, 96)
         sheet = Image.open(finished_run / f"contact_sheet_{name}.png")
         assert sheet.width == 4 * 320 and sheet.height > 6 * 200  # 4 columns, 6 views
+    # the final targets are the last step's: the same files, linked rather than encoded again
+    for png in (finished_run / "sr_targets" / "final").glob("*.png"):
+        assert png.samefile(finished_run / "sr_targets" / "step2" / png.name)
 
 
 def test_finished_run_renders_at_hr_like_ns_render(finished_run: Path):

@@ -7,6 +7,8 @@ so a glance shows what the 3D guidance changed between the independent per-frame
 
 from __future__ import annotations
 
+import os
+import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -44,16 +46,27 @@ class ArtifactWriter:
     def __init__(self) -> None:
         self._pool: Optional[ThreadPoolExecutor] = None
         self._pending: List[Future] = []
+        self.last_targets_folder: Optional[Path] = None
+        """The folder of the last targets submitted: a folder for unchanged targets links its PNGs."""
 
     def submit(self, sheet_path: Path, sheet: Image.Image, targets_folder: Optional[Path] = None,
                targets: Optional[torch.Tensor] = None, names: Sequence[str] = ()) -> None:
-        """Queue a contact sheet and, when given, every view's SR target (float in [0, 1], [N, 3, H, W] or
-        [N, H, W, 3], any device) as <targets_folder>/<name>.png."""
+        """Queue a contact sheet and, with a targets_folder, every view's SR target as <targets_folder>/<name>.png:
+        `targets` (float in [0, 1], [N, 3, H, W] or [N, H, W, 3], any device) are encoded; without them the targets
+        are those of the last submit's folder, whose PNGs are hard-linked (copied where links fail), not encoded
+        again."""
         self.wait()
         images = None if targets is None else to_uint8(targets)
+        source = None
+        if targets_folder is not None:
+            if images is None:
+                if self.last_targets_folder is None:
+                    raise ValueError(f"{targets_folder}: no SR targets were written yet to link; pass the targets")
+                source = self.last_targets_folder
+            self.last_targets_folder = targets_folder
         if self._pool is None:  # interpreter exit joins the thread: what is queued is written even if training stops
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="3dsr-artifacts")
-        self._pending.append(self._pool.submit(_write, sheet_path, sheet, targets_folder, images, tuple(names)))
+        self._pending.append(self._pool.submit(_write, sheet_path, sheet, targets_folder, images, tuple(names), source))
 
     def wait(self) -> None:
         """Block until every queued picture is written; raise the first failed write."""
@@ -64,11 +77,25 @@ class ArtifactWriter:
                 raise error
 
 
+def link_sr_targets(source: Path, folder: Path, names: Sequence[str]) -> None:
+    """<folder>/<name>.png as a hard link to (where the file system cannot link: a copy of) <source>/<name>.png."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        src, dst = source / f"{Path(name).stem}.png", folder / f"{Path(name).stem}.png"
+        dst.unlink(missing_ok=True)
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copyfile(src, dst)
+
+
 def _write(sheet_path: Path, sheet: Image.Image, folder: Optional[Path], targets: Optional[np.ndarray],
-           names: Sequence[str]) -> None:
+           names: Sequence[str], source: Optional[Path] = None) -> None:
     writes = [(sheet_path, lambda: sheet.save(sheet_path))]
-    if targets is not None and folder is not None:
+    if folder is not None and targets is not None:
         writes.insert(0, (folder, lambda: save_sr_targets(folder, targets, names)))
+    elif folder is not None and source is not None:
+        writes.insert(0, (folder, lambda: link_sr_targets(source, folder, names)))
     for path, write in writes:
         try:
             write()

@@ -125,7 +125,8 @@ class ThreeDSRPipeline(VanillaPipeline):
         self.steps_done = 0
         """Guidance steps run so far (0..K)."""
         self.latents: Optional[torch.Tensor] = None
-        """x_{t_k} of the last guidance step, [N, C, h, w]: the sampler's state between steps."""
+        """x_{t_k} of the last guidance step, [N, C, h, w]: the sampler's state between steps (None before the first
+        and after the last: at fern's paper size it is 17 x 3 x 1512 x 2016, 311 MB in fp16)."""
         self.guidance_log: List[Dict[str, float]] = []
         self._optimizers = None
         self._artifacts_dir: Optional[Path] = None
@@ -232,6 +233,7 @@ class ThreeDSRPipeline(VanillaPipeline):
         self.steps_done = k
         if k == cfg.denoise_steps or cfg.mode == "per-frame" or not backend.is_diffusion:  # no sampler step is left
             self.close_guidance_group()
+            self.latents = None  # nothing reads x_t again: free it, and keep it out of the checkpoints
         self.model.start_hr_phase(step, cfg.phase_iters)
         self._restart_lr_schedules()
         self.guidance_log.append({"step": k, "iteration": step, **timer.seconds})
@@ -257,13 +259,14 @@ class ThreeDSRPipeline(VanillaPipeline):
 
     def final_artifacts_callback(self, step: int) -> None:
         if step == self.schedule.total_iterations - 1 and self.steps_done > 0:
-            self.write_artifacts("final")
+            self.write_artifacts("final", targets_changed=False)  # the last step's targets: linked, not re-encoded
             self._artifacts.wait()  # the run's pictures are on disk when training returns
 
     @torch.no_grad()
     def write_artifacts(self, name: str, targets_changed: bool = True) -> None:
-        """Queue sr_targets/<name>/<view>.png for every train view (when `targets_changed`) and
-        contact_sheet_<name>.png (first few views) for the background writer."""
+        """Queue contact_sheet_<name>.png (first few views) and, when `targets_changed`, sr_targets/<name>/<view>.png
+        for every train view for the background writer; "final" always gets its folder (links to the last step's
+        PNGs, or, after a resume, the targets encoded anew)."""
         if self._artifacts_dir is None or self.datamanager.sr_targets is None:
             return
         sr = self.datamanager.sr_targets.permute(0, 3, 1, 2)
@@ -272,8 +275,10 @@ class ThreeDSRPipeline(VanillaPipeline):
         first = self._first_sr.float() / 255.0 if self._first_sr is not None else sr[: len(views)]
         sheet = contact_sheet(self.datamanager.lr_images(sr.device)[: len(views)], first.to(sr.device),
                               sr[: len(views)], self.render_train_views(views, device=sr.device), max_views=len(views))
-        self._artifacts.submit(self._artifacts_dir / f"contact_sheet_{name}.png", sheet,
-                               self._artifacts_dir / "sr_targets" / name, sr if targets_changed else None, names)
+        encode = targets_changed or (name == "final" and self._artifacts.last_targets_folder is None)
+        folder = self._artifacts_dir / "sr_targets" / name if encode or name == "final" else None
+        self._artifacts.submit(self._artifacts_dir / f"contact_sheet_{name}.png", sheet, folder,
+                               sr if encode else None, names)
 
     def render_train_views(self, views: Optional[Iterable[int]] = None, device=None) -> torch.Tensor:
         """Render train views (default: all) at the current (HR) camera size: [N, 3, H, W] in [0, 1] on `device`
@@ -298,7 +303,7 @@ class ThreeDSRPipeline(VanillaPipeline):
 
     def get_extra_state(self) -> Dict:
         """Checkpoint size stays bounded: SR targets (and step 1's SR for the contact sheets) as uint8, latents
-        in fp16, all on the CPU."""
+        in fp16 while a sampler step is left, all on the CPU."""
         latents = None if self.latents is None else self.latents.half().cpu()
         return {"steps_done": self.steps_done, "latents": latents,
                 "sr_targets_uint8": self.datamanager.targets_state(), "first_sr_uint8": self._first_sr}
