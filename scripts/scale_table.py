@@ -36,8 +36,9 @@ class Args:
     llff: Tuple[Path, ...]
     """compare.py output folders of paper-protocol LLFF scenes."""
     out: Path
-    fox: Optional[Path] = None
-    """compare.py output folder of the fox x4 capture (scripts/prepare_capture.py)."""
+    fox: Tuple[Path, ...] = ()
+    """compare.py output folders of the fox x4 capture (scripts/prepare_capture.py), each a row of the cost table;
+    the first one's methods head the fox quality table, the others' join it as other runs."""
     fox_runs: Tuple[Path, ...] = ()
     """More compare.py folders of the fox capture (each with its own warm-up), e.g. a method run alone later."""
     fox_scores: Optional[Path] = None
@@ -104,17 +105,19 @@ def main() -> None:
     args = tyro.cli(Args, description=__doc__)
     isolated = {p.resolve() for p in args.isolated}
     table: dict = {"device": args.device, "note": args.note, "runs": {}}
-    for folder in args.llff:
+    for folder in (*args.llff, *args.fox):
         entry = run_entry(folder, folder.resolve() in isolated)
-        name = f"{folder.name}-paper-{entry['backend']}" + ("-isolated" if entry["isolated"] else "")
+        stem = "fox-x4" if folder in args.fox else f"{folder.name}-paper"
+        name = f"{stem}-{entry['backend']}" + ("-isolated" if entry["isolated"] else "")
+        if name in table["runs"]:  # the same scene and setting again (e.g. later code): named after its folder too
+            name = f"{name}@{folder.parent.name}"
         if name in table["runs"]:
             raise SystemExit(f"{folder}: a run named {name} is already in the table")
+        if folder in args.fox:
+            entry["protocol"] = "capture x4 (LR = photos / 4, GT = the photos)"
+            if folder == args.fox[0]:
+                entry["metrics"] = fox_metrics(folder, (*args.fox[1:], *args.fox_runs), args.fox_scores, isolated)
         table["runs"][name] = entry
-    if args.fox is not None:
-        entry = run_entry(args.fox, args.fox.resolve() in isolated)
-        entry["protocol"] = "capture x4 (LR = photos / 4, GT = the photos)"
-        entry["metrics"] = fox_metrics(args.fox, args.fox_runs, args.fox_scores, isolated)
-        table["runs"][f"fox-x4-{entry['backend']}" + ("-isolated" if entry["isolated"] else "")] = entry
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.json").write_text(json.dumps(table, indent=2))
     rows = ["| run | render size | schedule | GPU | 3dsr wall (s) | vs no diffusion | whole run (with warm-up) | "

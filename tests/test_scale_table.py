@@ -48,3 +48,23 @@ def test_ratios_and_every_fox_run_of_a_method_are_kept(tmp_path: Path):
     table = out.with_suffix(".md").read_text()
     assert "| per-frame | 27.500 |" in table and "| per-frame (another run) | 28.100 |" in table
     assert "| fern-paper-compact-isolated | 2016x1512 | N0=50, K=4, M=10 | alone | 230 | 1.15x | 1.12x | 9.0 |" in table
+
+
+def test_a_scene_measured_again_gets_a_row_of_its_own_named_after_its_folder(tmp_path: Path):
+    fern = compare_folder(tmp_path / "alone" / "fern", {"bicubic": method(23.0, 200.0), "3dsr": method(23.3, 230.0)})
+    fern2 = compare_folder(tmp_path / "newer" / "fern", {"bicubic": method(23.1, 100.0), "3dsr": method(23.2, 120.0)})
+    fox = compare_folder(tmp_path / "newer" / "fox", {"bicubic": method(28.1, 150.0), "3dsr": method(28.4, 180.0)})
+    fox_old = compare_folder(tmp_path / "alone" / "fox", {"bicubic": method(28.2, 259.0), "3dsr": method(28.3, 317.0)})
+    out = tmp_path / "scale"
+    result = subprocess.run([sys.executable, str(SCRIPT), "--llff", str(fern), str(fern2), "--fox", str(fox), str(fox_old),
+                             "--isolated", str(fern), str(fern2), str(fox), str(fox_old), "--out", str(out)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = json.loads(out.with_suffix(".json").read_text())["runs"]
+    assert list(runs) == ["fern-paper-compact-isolated", "fern-paper-compact-isolated@newer",
+                          "fox-x4-compact-isolated", "fox-x4-compact-isolated@alone"]
+    assert abs(runs["fern-paper-compact-isolated@newer"]["ratio_vs_no_diffusion"] - 1.2) < 1e-9
+    assert abs(runs["fox-x4-compact-isolated@alone"]["ratio_vs_no_diffusion"] - 317 / 259) < 1e-9
+    metrics = runs["fox-x4-compact-isolated"]["metrics"]  # the first fox folder heads the quality table
+    assert metrics["3dsr"]["psnr"] == 28.4 and [r["psnr"] for r in metrics["3dsr"]["other_runs"]] == [28.3]
+    assert "metrics" not in runs["fox-x4-compact-isolated@alone"]

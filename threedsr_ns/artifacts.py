@@ -28,12 +28,23 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return (images.detach().clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
 
 
+PNG_COMPRESS_LEVEL = 1
+"""zlib level of the pictures: a 2016x1512 photo encodes ~3x faster at 1 than at PIL's default 6, ~5% larger."""
+
+SAVE_THREADS = min(4, os.cpu_count() or 1)
+"""Views encoded at once (PIL releases the GIL while it encodes)."""
+
+
 def save_sr_targets(folder: Path, targets: torch.Tensor | np.ndarray, names: Sequence[str]) -> None:
     """One PNG per train view, named after its input image (targets: float as for to_uint8, or uint8 [N, H, W, 3])."""
     folder.mkdir(parents=True, exist_ok=True)
     images = targets if isinstance(targets, np.ndarray) else to_uint8(targets)
-    for image, name in zip(images, names):
-        Image.fromarray(image).save(folder / f"{Path(name).stem}.png")
+
+    def save(i: int) -> None:
+        Image.fromarray(images[i]).save(folder / f"{Path(names[i]).stem}.png", compress_level=PNG_COMPRESS_LEVEL)
+
+    with ThreadPoolExecutor(max_workers=SAVE_THREADS) as pool:
+        list(pool.map(save, range(min(len(images), len(names)))))  # list(): a failed write is raised here
 
 
 class ArtifactWriter:
@@ -91,7 +102,7 @@ def link_sr_targets(source: Path, folder: Path, names: Sequence[str]) -> None:
 
 def _write(sheet_path: Path, sheet: Image.Image, folder: Optional[Path], targets: Optional[np.ndarray],
            names: Sequence[str], source: Optional[Path] = None) -> None:
-    writes = [(sheet_path, lambda: sheet.save(sheet_path))]
+    writes = [(sheet_path, lambda: sheet.save(sheet_path, compress_level=PNG_COMPRESS_LEVEL))]
     if folder is not None and targets is not None:
         writes.insert(0, (folder, lambda: save_sr_targets(folder, targets, names)))
     elif folder is not None and source is not None:
