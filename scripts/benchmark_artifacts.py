@@ -8,7 +8,8 @@ target size) as one step's SR targets and times, on this machine:
   sync     threedsr_ns.artifacts.save_sr_targets in the calling thread (what a guidance step did before)
   submit   what the training thread does now: ArtifactWriter.submit (the uint8 CPU copy, then the queue)
   drain    from submit until the background writer has the PNGs on disk (it overlaps the next HR iterations)
-each --repeats times (median).
+  sync_level6_one_thread   the same PNGs at PIL's default zlib level 6 on one thread (what runs did before session 9)
+each --repeats times (median), and the MB on disk of one step's PNGs at both levels.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 import tyro
 from PIL import Image
 
-from threedsr_ns.artifacts import ArtifactWriter, save_sr_targets
+from threedsr_ns.artifacts import PNG_COMPRESS_LEVEL, ArtifactWriter, save_sr_targets, to_uint8
 
 
 @dataclass
@@ -50,7 +51,8 @@ def main() -> None:
     targets = targets.permute(0, 3, 1, 2).float() / 255.0  # as the datamanager holds them: float in [0, 1]
     names = [f.name for f in files]
     sheet = Image.new("RGB", (1280, 1000), "white")
-    times: dict = {"sync": [], "submit": [], "drain": []}
+    times: dict = {"sync": [], "submit": [], "drain": [], "sync_level6_one_thread": []}
+    sizes: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
             start = time.perf_counter()
@@ -63,10 +65,18 @@ def main() -> None:
             times["submit"].append(time.perf_counter() - start)
             writer.wait()
             times["drain"].append(time.perf_counter() - start)
+            old = Path(tmp) / f"level6_{r}"
+            old.mkdir()
+            start = time.perf_counter()
+            for image, name in zip(to_uint8(targets), names):
+                Image.fromarray(image).save(old / f"{Path(name).stem}.png", compress_level=6)
+            times["sync_level6_one_thread"].append(time.perf_counter() - start)
+        for key, folder in (("mb_level1", "sync0"), ("mb_level6", "level6_0")):
+            sizes[key] = sum(f.stat().st_size for f in (Path(tmp) / folder).iterdir()) / 1e6
     h, w = targets.shape[-2:]
     result = {"views": args.views, "size": [int(w), int(h)], "images": str(args.images), "repeats": args.repeats,
               "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
-              **{f"{k}_s": statistics.median(v) for k, v in times.items()}}
+              "compress_level": PNG_COMPRESS_LEVEL, **{f"{k}_s": statistics.median(v) for k, v in times.items()}, **sizes}
     text = json.dumps(result, indent=2)
     print(text)
     if args.json is not None:

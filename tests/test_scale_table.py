@@ -47,7 +47,7 @@ def test_ratios_and_every_fox_run_of_a_method_are_kept(tmp_path: Path):
     assert [r["psnr"] for r in metrics["3dsr"]["other_runs"]] == [28.17] and metrics["bicubic"]["other_runs"] == []
     table = out.with_suffix(".md").read_text()
     assert "| per-frame | 27.500 |" in table and "| per-frame (another run) | 28.100 |" in table
-    assert "| fern-paper-compact-isolated | 2016x1512 | N0=50, K=4, M=10 | alone | 230 | 1.15x | 1.12x | 9.0 |" in table
+    assert "| fern-paper-compact-isolated | 2016x1512 | N0=50, K=4, M=10 | alone | 230 | 1.150x | 1.115x | 9.0 |" in table
 
 
 def test_a_scene_measured_again_gets_a_row_of_its_own_named_after_its_folder(tmp_path: Path):

@@ -29,7 +29,8 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 PNG_COMPRESS_LEVEL = 1
-"""zlib level of the pictures: a 2016x1512 photo encodes ~3x faster at 1 than at PIL's default 6, ~5% larger."""
+"""zlib level of the pictures: ~3x faster than PIL's default 6 for 2016x1512 photos, ~7% larger
+(benchmarks/results/artifact-writes-cpu.json)."""
 
 SAVE_THREADS = min(4, os.cpu_count() or 1)
 """Views encoded at once (PIL releases the GIL while it encodes)."""
@@ -48,8 +49,8 @@ def save_sr_targets(folder: Path, targets: torch.Tensor | np.ndarray, names: Seq
 
 
 class ArtifactWriter:
-    """Writes the pictures on one background thread, so that training does not wait for PNG encoding (~0.5 s per
-    2016x1512 view: ~8 s per guidance step for LLFF fern's 17 views). submit() first waits for the previous submit's
+    """Writes the pictures on a background thread, so that training does not wait for PNG encoding (~0.2 s per
+    2016x1512 view at PNG_COMPRESS_LEVEL; ~3 s of one core per guidance step for LLFF fern's 17 views). submit() first waits for the previous submit's
     pictures (they had a whole HR phase to be written; so one step's copy at most waits in memory, and a failed write
     is raised in the training thread, naming the file), then copies the targets to the CPU and queues them: training
     may swap in new targets at once. wait() returns once everything queued is on disk."""
