@@ -379,8 +379,12 @@ def test_compact_tiles_agree_with_untiled_and_leave_no_seams(fern: torch.Tensor)
         steps = max(float(difference.diff(dim=-1).abs().max()), float(difference.diff(dim=-2).abs().max()))
         return difference, steps
 
-    assert compact.tile_starts(128, 64, 16) == [0, 32, 64] and compact.tile_starts(96, 64, 16) == [0, 32]
-    blended, blended_steps = error(16)
+    assert compact.tile_layout(128, 64, 16, 8) == ([0, 36, 72], 56)  # 3 tiles of 56 (not 64), sharing >= 16
+    assert compact.tile_layout(96, 64, 16, 8) == ([0, 40], 56) and compact.tile_layout(64, 64, 16, 8) == ([0], 64)
+    starts, length = compact.tile_layout(1512, 512, 64, 8)  # fern's height at the paper protocol
+    assert (len(starts), length) == (4, 432) and starts[-1] + length == 1512
+    assert all(a + length - b >= 64 for a, b in zip(starts, starts[1:]))
+    blended, blended_steps = error(32)  # on this 96x128 image: 2 x 3 tiles of 64 px
     _, cut_steps = error(0)  # tiles butted together, no blending: a visible seam
     assert float(blended.abs().mean()) < 0.005 and float(blended.abs().max()) < 0.05
     assert blended_steps < 0.5 * cut_steps  # the blend removes the jump at the tile edges

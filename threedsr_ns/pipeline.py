@@ -21,11 +21,9 @@ and the SR targets are bit-identical to N = 1's.
 
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Literal, Optional, Type
+from typing import Dict, Iterable, List, Literal, Optional, Type
 
 import torch
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
@@ -42,6 +40,7 @@ from threedsr_ns.model import ThreeDSRModel, ThreeDSRModelConfig, eval_mode
 from threedsr_ns.phases import PhaseSchedule
 from threedsr_ns.preflight import preflight
 from threedsr_ns.sampler import sampler_step
+from threedsr_ns.timing import SectionTimer
 from threedsr_ns.viewer import ThreeDSRViewerPanel, mean_guidance_seconds
 
 CONTACT_SHEET_VIEWS = 6
@@ -200,7 +199,7 @@ class ThreeDSRPipeline(VanillaPipeline):
         """Denoising step k at iteration `step`: new SR targets (per the mode), then HR phase k begins."""
         assert self.backend is not None, "guidance runs only in a training pipeline"
         cfg, backend, dm = self.config, self.backend, self.datamanager
-        timer = _StepTimer(self.device)
+        timer = SectionTimer(self.device)
         CONSOLE.log(f"[bold]3dsr[/bold] denoise step {k}/{cfg.denoise_steps} (t={self.timesteps[k - 1]}) at iteration {step}")
         if self.threedsr_viewer is not None:
             self.threedsr_viewer.on_guidance_start(k)
@@ -240,7 +239,7 @@ class ThreeDSRPipeline(VanillaPipeline):
         CONSOLE.log(f"[bold]3dsr[/bold] denoise step {k} done: " + ", ".join(f"{n} {s:.2f}s" for n, s in timer.seconds.items()))
         self.write_artifacts(f"step{k}", targets_changed=sr is not None)
 
-    def _sampler_step(self, k: int, lr: torch.Tensor, lr_up: torch.Tensor, timer: "_StepTimer",
+    def _sampler_step(self, k: int, lr: torch.Tensor, lr_up: torch.Tensor, timer: "SectionTimer",
                       toward: Optional[torch.Tensor] = None) -> torch.Tensor:
         """threedsr_ns.sampler's step k for every train view, from (and into) self.latents; the SR images."""
         cfg = self.config
@@ -343,23 +342,3 @@ def worker_backend_kwargs(config: ThreeDSRPipelineConfig, backend) -> Dict:
 
 def _to_uint8(images: torch.Tensor) -> torch.Tensor:
     return (images.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
-
-
-class _StepTimer:
-    """Wall time of each part of a guidance step, synchronising the GPU so the numbers are real."""
-
-    def __init__(self, device) -> None:
-        self.device = torch.device(device)
-        self.seconds: Dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        self._sync()
-        start = time.perf_counter()
-        yield
-        self._sync()
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)

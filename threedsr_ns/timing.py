@@ -1,10 +1,14 @@
-"""Per-iteration wall time and Gaussian count of a nerfstudio training run (benchmarks, studies)."""
+"""Wall time of the parts of a guidance step (SectionTimer), and the per-iteration wall time and Gaussian count of a
+nerfstudio training run (IterationRecorder: benchmarks, studies)."""
 
 from __future__ import annotations
 
 import statistics
 import time
-from typing import Dict, List
+from contextlib import contextmanager
+from typing import Dict, Iterator, List
+
+import torch
 
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 
@@ -33,3 +37,23 @@ class IterationRecorder:
             return {}
         return {"median_ms": statistics.median(deltas), "mean_ms": statistics.fmean(deltas), "iterations": len(deltas),
                 "wall_s": sum(deltas) / 1e3}
+
+
+class SectionTimer:
+    """Wall time of each part of a guidance step, synchronising the GPU so the numbers are real."""
+
+    def __init__(self, device) -> None:
+        self.device = torch.device(device)
+        self.seconds: Dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self._sync()
+        start = time.perf_counter()
+        yield
+        self._sync()
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)

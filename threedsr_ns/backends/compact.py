@@ -313,13 +313,16 @@ def unet_output(
     return output[..., :height, :width]
 
 
-def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
-    """Origins of the fewest tiles of `tile` pixels that cover [0, size) with neighbours sharing at least
-    `overlap` pixels, spread evenly (first at 0, last at size - tile)."""
-    if size <= tile:
-        return [0]
-    count = math.ceil((size - overlap) / (tile - overlap))
-    return [round(i * (size - tile) / (count - 1)) for i in range(count)]
+def tile_layout(size: int, max_tile: int, overlap: int, multiple: int = 1) -> tuple[list[int], int]:
+    """Origins and length of the fewest equal tiles of at most `max_tile` pixels that cover [0, size) with neighbours
+    sharing at least `overlap` pixels, each as short as that allows (rounded up to `multiple`, the UNet's padding
+    unit; max_tile is one), spread evenly (first at 0, last at size - length). Short tiles, not max_tile ones: at
+    fern's 2016x1512 with 512 / 64 the 20 tiles are 456x432, 25% fewer pixels through the UNet than 512x512 ones."""
+    if size <= max_tile:
+        return [0], size
+    count = math.ceil((size - overlap) / (max_tile - overlap))
+    length = min(max_tile, multiple * math.ceil(math.ceil((size + (count - 1) * overlap) / count) / multiple))
+    return [round(i * (size - length) / (count - 1)) for i in range(count)], length
 
 
 def _ramp(length: int, overlap: int, blend_start: bool, blend_end: bool) -> torch.Tensor:
@@ -343,22 +346,21 @@ def tiled_unet_output(
     tile_size: int,
     overlap: int,
 ) -> torch.Tensor:
-    """`unet_output` computed on overlapping tile_size x tile_size tiles, blended (float32 result).
+    """`unet_output` computed on overlapping tiles of at most tile_size x tile_size (`tile_layout`), blended (float32
+    result).
 
     Each tile's output is weighted by a separable ramp that rises over the `overlap` pixels it shares with a
     neighbour (1 at the image border), and the weighted outputs are normalised by the summed weights.
     """
     height, width = x_t.shape[-2:]
-    ys, xs = tile_starts(height, tile_size, overlap), tile_starts(width, tile_size, overlap)
+    (ys, th), (xs, tw) = (tile_layout(n, tile_size, overlap, multiple) for n in (height, width))
     if len(ys) == 1 and len(xs) == 1:
         return unet_output(unet, x_t, timesteps, condition, multiple).float()
     total = torch.zeros(x_t.shape[0], x_t.shape[1], height, width, device=x_t.device, dtype=torch.float32)
     weights = torch.zeros(height, width, device=x_t.device, dtype=torch.float32)
     for y in ys:
-        th = min(tile_size, height - y)
         wy = _ramp(th, overlap, y > 0, y + th < height)
         for x in xs:
-            tw = min(tile_size, width - x)
             w = (wy[:, None] * _ramp(tw, overlap, x > 0, x + tw < width)[None, :]).to(x_t.device)
             window = (..., slice(y, y + th), slice(x, x + tw))
             out = unet_output(unet, x_t[window], timesteps, condition[window], multiple).float()
@@ -609,7 +611,7 @@ __all__ = [
     "is_compact_folder",
     "lr_condition",
     "load_unet",
-    "tile_starts",
+    "tile_layout",
     "tiled_unet_output",
     "save_folder",
     "save_weights",

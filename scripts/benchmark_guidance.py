@@ -1,0 +1,117 @@
+"""What one guidance step costs with an SR backend, apart from 3DGS: the sampler step the pipeline runs, timed part by
+part with the pipeline's own timer, for a given number of views at a given LR size.
+
+    python scripts/benchmark_guidance.py --case fern=17x504x378 --case fox=43x269x479 \
+        --json benchmarks/results/guidance-step-h200.json          # the paper-protocol fern and the fox capture
+    python scripts/benchmark_guidance.py --tile-size 1024 --json ...  # the compact prior on larger tiles
+
+For each case: step 1 (from the noised bicubic LR) and step 2 (the posterior step toward images standing in for the
+renders), --repeats times each after one untimed warm-up step (kernel selection, allocator), median seconds of each
+part (encode / denoise / decode, decode including the colour fix). The LR images are smooth random images: the cost of
+the compact prior and the SD x4 does not depend on the content. Timing only; the outputs are never looked at.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+import tyro
+
+from threedsr_ns.backends import make_backend
+from threedsr_ns.colorfix import bicubic_upsample
+from threedsr_ns.guidance import view_generators
+from threedsr_ns.sampler import sampler_step
+from threedsr_ns.timing import SectionTimer
+
+
+@dataclass
+class Args:
+    case: Tuple[str, ...] = ("fern=17x504x378", "fox=43x269x479")
+    """NAME=VIEWSxWIDTHxHEIGHT (LR pixels): one timed case each."""
+    backend: str = "compact"
+    batch_size: int = 8
+    """Views per batch through the SR model (the pipeline's --pipeline.guidance-batch-size default)."""
+    scale: int = 4
+    denoise_steps: int = 4
+    repeats: int = 3
+    tile_size: Optional[int] = None
+    """The compact prior's denoising tile side (HR pixels); default the backend's."""
+    tile_overlap: Optional[int] = None
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    json: Optional[Path] = None
+    """Where to write the result (also printed)."""
+
+
+def parse_case(text: str) -> Tuple[str, int, int, int]:
+    match = re.fullmatch(r"([\w-]+)=(\d+)x(\d+)x(\d+)", text)
+    if match is None:
+        raise SystemExit(f"--case {text!r}: write NAME=VIEWSxWIDTHxHEIGHT, e.g. fern=17x504x378")
+    name, views, width, height = match.groups()
+    return name, int(views), int(width), int(height)
+
+
+def smooth_images(views: int, width: int, height: int, device: str) -> torch.Tensor:
+    coarse = torch.rand(views, 3, max(height // 16, 2), max(width // 16, 2), generator=torch.Generator().manual_seed(0))
+    return F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False).to(device)
+
+
+def time_case(backend, timesteps, views: int, width: int, height: int, args: Args) -> Dict[str, Dict[str, float]]:
+    lr = smooth_images(views, width, height, args.device)
+    lr_up = bicubic_upsample(lr, args.scale)
+    result = {}
+    for k in (1, 2):
+        runs = []
+        for r in range(args.repeats + 1):  # the first is the untimed warm-up
+            generators = view_generators(0, k, range(views))
+            latents, toward = (None, None) if k == 1 else (first_latents, lr_up)
+            timer = SectionTimer(args.device)
+            with torch.no_grad(), timer("step"):
+                x_t, _ = sampler_step(backend, timesteps, k, lr, lr_up, generators, latents=latents, toward=toward,
+                                      timer=timer)
+            if k == 1 and r == 0:
+                first_latents = x_t
+            if r > 0:
+                runs.append(timer.seconds)
+        result[f"step{k}"] = {part: statistics.median(run[part] for run in runs) for part in runs[0]}
+    return result
+
+
+def main() -> None:
+    args = tyro.cli(Args, description=__doc__)
+    cases = [parse_case(c) for c in args.case]
+    backend = make_backend(args.backend, device=args.device, batch_size=args.batch_size, scale=args.scale)
+    backend.check_scale(args.scale)
+    for name in ("tile_size", "tile_overlap"):
+        if getattr(args, name) is not None:
+            if not hasattr(backend, name):
+                raise SystemExit(f"--{name.replace('_', '-')}: the {backend.name} backend does not tile its denoising")
+            setattr(backend, name, getattr(args, name))
+    backend.to(args.device)
+    timesteps = backend.denoise_timesteps(args.denoise_steps, None)
+    device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else platform.processor()
+    result = {"backend": backend.name, "device": device_name, "batch_size": args.batch_size, "scale": args.scale,
+              "timesteps": list(timesteps), "repeats": args.repeats,
+              "tile_size": getattr(backend, "tile_size", None), "tile_overlap": getattr(backend, "tile_overlap", None),
+              "cases": {}}
+    for name, views, width, height in cases:
+        print(f"{name}: {views} views at {width}x{height} -> {args.scale * width}x{args.scale * height}", flush=True)
+        result["cases"][name] = {"views": views, "lr_size": [width, height],
+                                 "sr_size": [args.scale * width, args.scale * height],
+                                 **time_case(backend, timesteps, views, width, height, args)}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
