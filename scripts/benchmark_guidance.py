@@ -1,7 +1,7 @@
 """What one guidance step costs with an SR backend, apart from 3DGS: the sampler step the pipeline runs, timed part by
 part with the pipeline's own timer, for a given number of views at a given LR size.
 
-    python scripts/benchmark_guidance.py --case fern=17x504x378 --case fox=43x269x479 \
+    python scripts/benchmark_guidance.py --case fern=17x504x378 fox=43x269x479 \
         --json benchmarks/results/guidance-step-h200.json          # the paper-protocol fern and the fox capture
     python scripts/benchmark_guidance.py --tile-size 1024 --json ...  # the compact prior on larger tiles
 

@@ -384,6 +384,8 @@ def test_compact_tiles_agree_with_untiled_and_leave_no_seams(fern: torch.Tensor)
     starts, length = compact.tile_layout(1512, 512, 64, 8)  # fern's height at the paper protocol
     assert (len(starts), length) == (4, 432) and starts[-1] + length == 1512
     assert all(a + length - b >= 64 for a, b in zip(starts, starts[1:]))
+    starts, length = compact.tile_layout(2016, 512, 64, 8)  # and its width: 5 x 4 tiles of 456x432
+    assert (len(starts), length) == (5, 456) and starts[-1] + length == 2016
     blended, blended_steps = error(32)  # on this 96x128 image: 2 x 3 tiles of 64 px
     _, cut_steps = error(0)  # tiles butted together, no blending: a visible seam
     assert float(blended.abs().mean()) < 0.005 and float(blended.abs().max()) < 0.05

@@ -179,6 +179,19 @@ def test_view_generators_draw_each_view_alone_whatever_its_batch(alphas_cumprod:
         view_seed(2**32, 1, 0)
 
 
+def test_large_draws_on_threads_are_the_views_own_numbers(monkeypatch) -> None:
+    """Above PARALLEL_DRAW_MIN elements a view, the views' noise is drawn on threads: each view still gets exactly
+    its own generator's stream, so results do not depend on the thread count or the order the threads ran in."""
+    from threedsr_ns import guidance
+
+    shape = (4, 3, 512, 683)  # 1.05 M elements a view: the threaded path
+    assert math.prod(shape[1:]) >= guidance.PARALLEL_DRAW_MIN
+    serial = torch.stack([torch.randn(shape[1:], generator=g) for g in view_generators(3, 2, range(4))])
+    for threads in (1, 2, 4):
+        monkeypatch.setattr(guidance, "DRAW_THREADS", threads)
+        assert torch.equal(guidance.randn(shape, "cpu", view_generators(3, 2, range(4))), serial), threads
+
+
 # ---- posterior steps ----------------------------------------------------------------------------
 
 

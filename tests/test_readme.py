@@ -90,3 +90,16 @@ def test_artifact_write_figures_match_their_json():
     assert (f"a step's PNGs take {r['sync_s']:.1f} s, against {r['sync_level6_one_thread_s']:.1f} s at PIL's default level "
             f"6 on one thread, and {r['mb_level1']:.1f} MB instead of {r['mb_level6']:.1f} MB; a step holds training up "
             f"{r['submit_s']:.1f} s") in README_FLAT and r["compress_level"] == 1
+
+
+def test_guidance_step_figures_match_their_json():
+    now = json.loads((RESULTS / "guidance-step-h200.json").read_text())["cases"]
+    serial = json.loads((RESULTS / "guidance-step-h200-serial-noise.json").read_text())["cases"]
+    big = json.loads((RESULTS / "guidance-step-h200-serial-noise-tile1024.json").read_text())
+    for scene in ("fern", "fox"):
+        assert f"{scene}: denoising {now[scene]['step1']['denoise']:.2f} s, a whole step {now[scene]['step1']['step']:.2f} s" \
+            in README_FLAT, scene
+    assert (f"a whole step took {serial['fern']['step1']['step']:.2f} s (fern) and {serial['fox']['step1']['step']:.2f} s "
+            "(fox)") in README_FLAT
+    assert big["tile_size"] == 1024 and (f"cut denoising to {big['cases']['fern']['step1']['denoise']:.2f} s (fern) and "
+                                         f"{big['cases']['fox']['step1']['denoise']:.2f} s (fox)") in README_FLAT

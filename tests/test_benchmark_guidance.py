@@ -1,0 +1,38 @@
+"""scripts/benchmark_guidance.py: one sampler step of the shipped compact prior, timed part by part (CPU, tiny)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_guidance.py"
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", *args], capture_output=True, text=True,
+                          timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+
+
+def test_each_case_gets_both_steps_timed_part_by_part(tmp_path: Path):
+    out = tmp_path / "guidance.json"
+    result = run("--case", "small=3x24x20", "wide=2x40x16", "--repeats", "1", "--tile-size", "64",
+                 "--tile-overlap", "16", "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = json.loads(out.read_text())
+    assert table["backend"] == "compact" and table["timesteps"] == [999, 749, 499, 249]
+    assert (table["tile_size"], table["tile_overlap"]) == (64, 16)  # 96x80 and 160x64: several tiles each
+    assert table["cases"]["small"]["sr_size"] == [96, 80] and table["cases"]["wide"]["views"] == 2
+    for case in table["cases"].values():
+        for step in ("step1", "step2"):
+            parts = case[step]
+            assert set(parts) == {"encode", "denoise", "decode", "step"}
+            assert 0 < parts["denoise"] and parts["encode"] + parts["denoise"] + parts["decode"] <= parts["step"]
+
+
+def test_a_malformed_case_or_an_untiled_backend_is_one_line():
+    result = run("--case", "fern=17x504")
+    assert result.returncode != 0 and "NAME=VIEWSxWIDTHxHEIGHT" in result.stderr.strip().splitlines()[-1]
+    result = run("--backend", "bicubic", "--tile-size", "64", "--case", "t=1x8x8")
+    assert result.returncode != 0 and "bicubic backend does not tile" in result.stderr.strip().splitlines()[-1]
