@@ -10,9 +10,11 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 import threedsr_ns.backends as backends
 from threedsr_ns import guidance
@@ -24,6 +26,8 @@ from threedsr_ns.sr_prior import metrics
 from threedsr_ns.sr_prior.evaluate import heldout_pair
 from threedsr_ns.sr_prior.sampling import SamplerSpec, sample_sr
 from threedsr_ns.sr_prior.train import TrainConfig, diffusion_loss, train
+
+from conftest import FERN
 
 SR_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "sr_train"
 TINY = dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4)
@@ -345,3 +349,22 @@ def test_shipped_prior_loads_offline_and_sharpens_heldout_photos(monkeypatch: py
     for i in range(len(names)):
         assert metrics.psnr(prior[i], gt[i]) > metrics.psnr(bicubic[i], gt[i]) - 1.0
         assert metrics.hf_energy_ratio(prior[i], gt[i]) > 2 * metrics.hf_energy_ratio(bicubic[i], gt[i])
+
+
+def test_the_shipped_priors_tiled_denoising_stays_close_to_untiled_on_a_real_view() -> None:
+    """LLFF fern (images_8, 504x376 as the HR) denoised at 3DSR's last timestep on 256-px tiles (2 x 3 tiles of
+    224x216 with 64 px of blending, as at 2016x1512 with the default 512) against the whole image at once."""
+    files = sorted((FERN / "images_8").glob("*.png"))
+    if not files:
+        pytest.skip(f"{FERN / 'images_8'} not found: the test reads LLFF fern from ../shared/data")
+    hr = torch.from_numpy(np.asarray(Image.open(files[1]).convert("RGB"), dtype=np.float32) / 255)
+    hr = hr.permute(2, 0, 1)[None, :, :376]
+    lr = F.interpolate(hr, scale_factor=0.25, mode="area")
+    whole = CompactSRBackend.from_package(device="cpu", tile_size=None)
+    a = whole.alphas_cumprod[249]
+    x_t = a.sqrt() * whole.encode(hr) + (1 - a).sqrt() * torch.randn(hr.shape, generator=torch.Generator().manual_seed(1))
+    tiled = CompactSRBackend(whole.unet, whole.config, device="cpu", tile_size=256, tile_overlap=64)
+    assert [compact.tile_layout(n, 256, 64, whole.config.size_multiple) for n in (376, 504)] == [
+        ([0, 152], 224), ([0, 144, 288], 216)]
+    error = (tiled.predict_x0(x_t, 249, lr) - whole.predict_x0(x_t, 249, lr)).abs() / 2 * 255  # in 8-bit levels
+    assert float(error.mean()) < 0.5 and float(error.flatten().quantile(0.999)) < 3.0
