@@ -49,11 +49,11 @@ def save_sr_targets(folder: Path, targets: torch.Tensor | np.ndarray, names: Seq
 
 
 class ArtifactWriter:
-    """Writes the pictures on a background thread, so that training does not wait for PNG encoding (~0.2 s per
-    2016x1512 view at PNG_COMPRESS_LEVEL; ~3 s of one core per guidance step for LLFF fern's 17 views). submit() first waits for the previous submit's
-    pictures (they had a whole HR phase to be written; so one step's copy at most waits in memory, and a failed write
-    is raised in the training thread, naming the file), then copies the targets to the CPU and queues them: training
-    may swap in new targets at once. wait() returns once everything queued is on disk."""
+    """Writes the pictures on a background thread, so that training does not wait for PNG encoding (LLFF fern's 17
+    views at 2016x1512: ~3 s on a 2-core CPU, benchmarks/results/artifact-writes-cpu.json). submit() first waits for
+    the previous submit's pictures (they had a whole HR phase to be written; so one step's copy at most waits in
+    memory, and a failed write is raised in the training thread, naming the file), then copies the targets to the CPU
+    and queues them: training may swap in new targets at once. wait() returns once everything queued is on disk."""
 
     def __init__(self) -> None:
         self._pool: Optional[ThreadPoolExecutor] = None

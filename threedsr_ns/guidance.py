@@ -101,8 +101,9 @@ def _alpha_bar(alphas_cumprod: torch.Tensor, t: Timestep, like: torch.Tensor) ->
 
 
 DRAW_THREADS = min(8, os.cpu_count() or 1)
-"""Views whose noise is drawn at once: a CPU generator draws on one core, and each view has its own (on the H200 host
-a fern step at 2016x1512 took 3.12 s with one core's draws, 2.09 s with 8 threads: benchmarks/results/guidance-step-*)."""
+"""Views whose noise is drawn at once: a CPU generator draws on one core, and each view has its own (on the H200
+host a fern step at 2016x1512 took 3.12 s with one core's draws, 2.09 s with 8 threads:
+benchmarks/results/guidance-step-h200*.json)."""
 PARALLEL_DRAW_MIN = 1 << 20
 """Elements per view from which the views' noise is drawn on DRAW_THREADS threads."""
 

@@ -45,8 +45,8 @@ def sampler_step(backend, timesteps: Sequence[int], k: int, lr: torch.Tensor, lr
 
     lr [B, 3, h, w] and lr_up (its bicubic upsampling) in [0, 1]; the step works on lr's device. k > 1 needs
     `latents` (x_{t_(k-1)}) and `toward` (images whose encoding is the clean latent), unless the backend is not a
-    diffusion model (it ignores x_t: every step starts afresh). `timer(name)` times the parts (encode, denoise,
-    decode). `generator`: one for the batch, or one per view (see the module docstring)."""
+    diffusion model (it ignores x_t: every step starts afresh). `timer(name)` times the parts (encode; noise: the
+    start or posterior step with its noise draws; denoise; decode). `generator`: one for the batch, or one per view (see the module docstring)."""
     if generator is not None and not isinstance(generator, torch.Generator) and len(generator) != lr.shape[0]:
         raise ValueError(f"{len(generator)} generators for {lr.shape[0]} views: pass one generator, or one per view")
     section = timer or (lambda name: nullcontext())
@@ -59,15 +59,17 @@ def sampler_step(backend, timesteps: Sequence[int], k: int, lr: torch.Tensor, lr
     if k == 1 or not backend.is_diffusion:
         with section("encode"):
             encoded = backend.encode(lr_up)
-        x_t = guidance.start_latents(encoded if start_mode == "noised_lr" else None, encoded.shape, t,
-                                     backend.alphas_cumprod, generator, mode=start_mode, device=lr.device)
+        with section("noise"):
+            x_t = guidance.start_latents(encoded if start_mode == "noised_lr" else None, encoded.shape, t,
+                                         backend.alphas_cumprod, generator, mode=start_mode, device=lr.device)
     else:
         if latents is None or toward is None:
             raise ValueError(f"sampler step {k} needs the latents of step {k - 1} and the images to step toward")
         with section("encode"):
             x0_target = backend.encode(toward)
-        x_t = guidance.posterior_step(latents.to(lr.device).float(), x0_target, timesteps[k - 2], t,
-                                      backend.alphas_cumprod, generator=generator, kind=posterior)
+        with section("noise"):
+            x_t = guidance.posterior_step(latents.to(lr.device).float(), x0_target, timesteps[k - 2], t,
+                                          backend.alphas_cumprod, generator=generator, kind=posterior)
     with section("denoise"):
         x0 = _predict_x0(backend, x_t, t, lr, generator)
     with section("decode"):
