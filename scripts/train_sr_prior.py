@@ -40,6 +40,15 @@ float16, 5.94 M parameters) + one shard 19.5 MB = about 50 MB; a first run has n
     python scripts/train_sr_prior.py export --checkpoint .data/sr_ckpt
 
 --max-minutes counts from the start of the process (start-up, data decoding and the final save included).
+A shipped folder has no training state; to go on training it (e.g. compact-v2, whose session-8 state did not come
+back from the GPU machine), start from its weights and its card's history instead of --resume:
+
+    python3 scripts/train_sr_prior.py train --init-from threedsr_ns/weights/compact_sr_x4_v2 \
+        --data .data/sr_pack/train_shard0.npz .data/sr_pack/train_shard1.npz --out $OUT/ckpt --max-minutes 9 \
+        --crop-size 160 --batch-size 24 --lr 4e-4 --warmup-steps 300 --channels-last
+
+(compact-v2 also needs the Real-ESRGAN weights: THREEDSR_REALESRGAN_WEIGHTS or --rrdb-weights.) Without
+--save-optimizer the returned state is two files of 12 MB, within what the GPU machine sends back.
 """
 
 from __future__ import annotations

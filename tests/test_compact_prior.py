@@ -99,6 +99,38 @@ def test_resume_continues_the_step_count(trained: Path, train_pack: Path, tmp_pa
     assert steps[-1] == 6 and 1 in steps  # the earlier run's log came along
 
 
+def test_a_shipped_folder_goes_on_training_from_its_weights_and_card(trained: Path, train_pack: Path,
+                                                                      tmp_path: Path) -> None:
+    """--init-from: a folder as `export` ships it (no train_state): EMA and online weights start at its fp16 EMA
+    weights, the step count and the runs table come from its card."""
+    from safetensors.torch import load_file
+
+    from threedsr_ns.sr_prior.train import state_from_card
+
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    for name in ("config.json", "model.safetensors", "MODEL_CARD.md"):
+        (shipped / name).write_bytes((trained / name).read_bytes())
+    history = state_from_card(shipped / "MODEL_CARD.md")
+    assert history["step"] == 4 and [(r["steps_start"], r["steps_end"]) for r in history["runs"]] == [(0, 4)]
+    common = dict(data=train_pack, batch_size=2, crop_size=32, log_every=1, fixed_batch_size=2, device="cpu")
+    same = train(TrainConfig(out=tmp_path / "same", init_from=shipped, max_steps=4, **common))  # no new step
+    assert same["step"] == 4
+    before, after = load_file(str(shipped / "model.safetensors")), load_file(str(tmp_path / "same" / "model.safetensors"))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    state = train(TrainConfig(out=tmp_path / "more", init_from=shipped, max_steps=6, **common))
+    assert state["step"] == 6 and [(r["steps_start"], r["steps_end"]) for r in state["runs"]] == [(0, 4), (4, 6)]
+    assert state["runs"][0]["command"] == "pytest" and not state["runs"][1]["optimizer_restored"]
+    card = (tmp_path / "more" / "MODEL_CARD.md").read_text()
+    assert "**6 steps** in 2 run(s)" in card and "| 1 | " in card and "| 2 | " in card
+    assert CompactSRBackend.from_folder(tmp_path / "more", "cpu").config.block_out_channels == (8, 16)
+    with pytest.raises(ValueError, match="--resume and --init-from"):
+        train(TrainConfig(out=tmp_path / "x", init_from=shipped, resume=trained, **common))
+    (shipped / "MODEL_CARD.md").unlink()
+    with pytest.raises(FileNotFoundError, match="MODEL_CARD.md not found: --init-from needs"):
+        train(TrainConfig(out=tmp_path / "y", init_from=shipped, **common))
+
+
 def test_loss_decreases_on_a_fixed_batch_of_real_crops(train_pack: Path) -> None:
     _, photos = data_lib.load_photos(train_pack, "train")
     hr = data_lib.CropSampler(photos, 32, "cpu", seed=3).sample(4)

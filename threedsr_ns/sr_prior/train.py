@@ -15,7 +15,8 @@ The output folder is at once the package layout and the checkpoint:
                             history as metadata
     train_log.jsonl         one line per --log-every steps, all runs
 Resuming (--resume DIR) restores the EMA and online weights and, when saved, the optimizer; otherwise AdamW
-restarts with a short warm-up (--warmup-steps). Rounding the online weights to float16 once per run moves
+restarts with a short warm-up (--warmup-steps). A shipped folder, which has no train_state (--init-from DIR), goes
+on from its float16 EMA weights and its card's history. Rounding the online weights to float16 once per run moves
 them by at most 2**-11 of their size, far less than one optimizer step: the default keeps checkpoints at
 4 bytes per parameter, which is what lets data travel to the GPU machine beside them.
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -57,6 +59,11 @@ class TrainConfig:
     """Folder written: the package layout plus train_state.safetensors and train_log.jsonl (a checkpoint)."""
     resume: Optional[Path] = None
     """A folder written by an earlier run (may be --out itself): continue from its weights and step count."""
+    init_from: Optional[Path] = None
+    """A package folder without training state (config.json, model.safetensors, MODEL_CARD.md: what `export` ships,
+    e.g. threedsr_ns/weights/compact_sr_x4_v2) to go on training from: the online weights and the EMA start at its
+    float16 EMA weights, AdamW anew with its warm-up, and its card's step count and runs table carry over. Where
+    train_state.safetensors exists, --resume it instead."""
     max_minutes: float = 9.0
     """Wall-clock budget of the whole process (start-up, data and saving included)."""
     max_steps: Optional[int] = None
@@ -269,6 +276,27 @@ def load_checkpoint(folder: Path, device: torch.device) -> tuple[CompactSRConfig
     return config, unet.to(device), shadow, moments, _state_metadata(state_path)
 
 
+_CARD_RUN = re.compile(r"^\| (\d+) \| (.+?) \| (\d+) → (\d+) \| (\d+) s \| ([\d.]+) \| (.+?) \| (restored|restarted) \| "
+                       r"`(.*)` \|$")
+_CARD_TOTALS = re.compile(r"\*\*([\d,]+) steps\*\* in \d+ run\(s\): ([\d.]+) min of training wall time \(([\d.]+) min of "
+                          r"process time")
+
+
+def state_from_card(card: Path) -> dict:
+    """The step count and runs of a folder's MODEL_CARD.md (written by render_model_card), as train's state."""
+    if not card.is_file():
+        raise FileNotFoundError(f"{card} not found: --init-from needs the folder's model card (its training history)")
+    text = card.read_text()
+    runs = [{"run": int(m[1]), "device": m[2], "steps_start": int(m[3]), "steps_end": int(m[4]), "train_s": float(m[5]),
+             "steps_per_s": float(m[6]), "data": m[7], "optimizer_restored": m[8] == "restored", "command": m[9]}
+            for m in (_CARD_RUN.match(line) for line in text.splitlines()) if m]
+    totals = _CARD_TOTALS.search(text)
+    if totals is None or not runs or int(totals[1].replace(",", "")) != runs[-1]["steps_end"]:
+        raise ValueError(f"{card}: no runs table and step count as train_sr_prior.py writes them; --init-from reads them")
+    return {"step": runs[-1]["steps_end"], "runs": runs, "train_s_total": float(totals[2]) * 60.0,
+            "wall_s_total": float(totals[3]) * 60.0}
+
+
 def _restore_optimizer(optimizer: torch.optim.Optimizer, unet: torch.nn.Module, moments: dict, step: float) -> bool:
     if not moments:
         return False
@@ -441,6 +469,9 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
 
     # ---- model, EMA, previous state ----
     moments: dict = {}
+    if cfg.resume is not None and cfg.init_from is not None:
+        raise ValueError("--resume and --init-from both given: --resume a folder with train_state.safetensors, "
+                         "--init-from one without")
     if cfg.resume is not None:
         config, unet, shadow, moments, state = load_checkpoint(Path(cfg.resume), device)
         if Path(cfg.resume).resolve() != out.resolve():
@@ -449,6 +480,14 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
                     shutil.copyfile(Path(cfg.resume) / name, out / name)
         print(f"[train_sr_prior] resumed from {cfg.resume} at step {state.get('step', 0)} "
               f"(architecture from its {compact.CONFIG_FILE})", flush=True)
+    elif cfg.init_from is not None:
+        state = state_from_card(Path(cfg.init_from) / compact.CARD_FILE)
+        unet, config = compact.load_unet(cfg.init_from)
+        unet = unet.to(device)
+        shadow = {n: p.detach().float().clone() for n, p in unet.named_parameters()}
+        (out / LOG_FILE).unlink(missing_ok=True)
+        print(f"[train_sr_prior] from the weights of {cfg.init_from} at step {state['step']} (its card's history; "
+              "AdamW restarts)", flush=True)
     else:
         config = cfg.model_config()
         unet = compact.build_unet(config, seed=cfg.seed).to(device)
@@ -512,7 +551,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
     fixed_t = torch.linspace(0, config.num_train_timesteps - 1, cfg.fixed_batch_size).long().to(device)
     fixed_noise = torch.randn(fixed_hr.shape, generator=torch.Generator("cpu").manual_seed(2)).to(device)
     ema_eval = compact.build_unet(config, seed=0).to(device).eval().requires_grad_(False)
-    if config.residual and cfg.resume is None:  # the activations enter the UNet at unit RMS
+    if config.residual and cfg.resume is None and cfg.init_from is None:  # the activations enter at unit RMS
         _, features = run_tiled(rrdb, fixed_lr, 0, with_features=True)
         config.feature_scale = float(f"{1.0 / float(features.float().pow(2).mean().sqrt()):.4g}")
         print(f"[train_sr_prior] compact-v2: feature_scale {config.feature_scale}", flush=True)
@@ -539,7 +578,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     train_cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()
-                 if k not in ("data", "out", "resume", "degradation")}
+                 if k not in ("data", "out", "resume", "init_from", "degradation")}
     base_state = dict(state)
     folders = [source for source in sources if source.is_dir()]
     train_photos_total = len(data_lib.read_split(folders[0])["train"]) if folders else None
