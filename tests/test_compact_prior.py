@@ -384,8 +384,8 @@ def test_shipped_prior_loads_offline_and_sharpens_heldout_photos(monkeypatch: py
 
 
 def test_the_shipped_priors_tiled_denoising_stays_close_to_untiled_on_a_real_view() -> None:
-    """LLFF fern (images_8, 504x376 as the HR) denoised at 3DSR's last timestep on 256-px tiles (2 x 3 tiles of
-    224x216 with 64 px of blending, as at 2016x1512 with the default 512) against the whole image at once."""
+    """LLFF fern (images_8, 504x376 as the HR) denoised at 3DSR's last timestep on tiles of at most 256 px (2 rows x
+    3 columns, 216 wide and 224 tall, with 64 px of blending) against the whole image at once."""
     files = sorted((FERN / "images_8").glob("*.png"))
     if not files:
         pytest.skip(f"{FERN / 'images_8'} not found: the test reads LLFF fern from ../shared/data")
