@@ -21,8 +21,9 @@
 #   bash scripts/run_llff_quality.sh collect WORK OUT               # one <scene>.tar.gz per started scene into OUT
 #
 # Each tarball holds compare.json/.md, crops.png, each method's evaluate_<method>/metrics.json/.md, the 3dsr
-# run's contact sheets, the log and log-excerpt.txt (its guidance-step timings, run starts, tables and errors, to commit
-# beside the results) but not the checkpoints or the per-view SR targets: the device returns 8 files of 16 MB.
+# run's contact sheets, the log and log-excerpt.txt (its guidance-step timings and detail energies, run starts, tables
+# and errors, to commit beside the results) but not the checkpoints or the per-view SR targets: the device returns 8
+# files of 16 MB.
 set -euo pipefail
 cmd=$1 work=$2
 shift 2
@@ -77,7 +78,7 @@ case "$cmd" in
       [ -f "$work/$scene.done" ] || echo "$scene: not finished; its compare.json holds the methods scored so far"
       cp "$log" "$work/$scene/"
       tr '\r' '\n' < "$log" | sed 's/\x1b\[[0-9;]*m//g' | grep -v "SyntaxWarning\|Step (% Done)\|^  \|^\s*$\|(.*%) " \
-        | grep -E "denoise step|done in|Saving config|Done loading Nerf|[Ee]rror|^\| |pre-flight" | cut -c1-220 \
+        | grep -E "denoise step|detail energy|done in|Saving config|Done loading Nerf|[Ee]rror|^\| |pre-flight" | cut -c1-220 \
         > "$work/$scene/log-excerpt.txt" || true
       tar -czf "$out/$scene.tar.gz" -C "$work" --exclude="$scene/runs" --exclude="$scene/shared_geometry.pt" "$scene"
     done

@@ -107,3 +107,32 @@ def test_noise_start_latents_are_drawn_on_the_pipeline_device_and_run_a_full_ste
     assert pipeline.datamanager.sr_targets.shape == (17, 96, 128, 3)
     pipeline.run_guidance_step(2, step=15)  # the posterior step from noise start latents
     assert pipeline.steps_done == 2 and torch.isfinite(pipeline.datamanager.sr_targets).all()
+
+
+@pytest.mark.parametrize("mode", ["3dsr", "per-frame"])
+def test_each_later_step_logs_how_much_detail_is_left_against_step_1(tiny_fern: Path, monkeypatch, mode):
+    """detail_log: spectral energy above the LR Nyquist of the renders step k moved toward and of its new SR targets,
+    over step 1's SR, on the contact-sheet views; none for per-frame (nothing is sampled after step 1)."""
+    from threedsr_ns.sr_prior.metrics import band_energy, hf_cutoff
+
+    pipeline = make_pipeline(tiny_fern, mode=mode)
+    renders = []
+    real_render = pipeline.render_train_views
+    monkeypatch.setattr(pipeline, "render_train_views", lambda *a: renders.append(real_render(*a)) or renders[-1])
+    pipeline.run_guidance_step(1, step=10)
+    first = pipeline._first_sr.float() / 255
+    pipeline.run_guidance_step(2, step=15)
+    if mode == "per-frame":
+        assert pipeline.detail_log == []
+        return
+    n = first.shape[0]
+
+    def energy(images):
+        return sum(band_energy(image, hf_cutoff(4)) for image in images)
+
+    [entry] = pipeline.detail_log
+    assert entry["step"] == 2 and n == 6
+    assert entry["renders_vs_step1"] == pytest.approx(energy(renders[0][:n]) / energy(first), rel=1e-6)
+    targets = pipeline.datamanager.sr_targets[:n].permute(0, 3, 1, 2)
+    assert entry["targets_vs_step1"] == pytest.approx(energy(targets) / energy(first), rel=1e-6)
+    assert entry["renders_vs_step1"] != pytest.approx(entry["targets_vs_step1"])

@@ -40,6 +40,7 @@ from threedsr_ns.model import ThreeDSRModel, ThreeDSRModelConfig, eval_mode
 from threedsr_ns.phases import PhaseSchedule
 from threedsr_ns.preflight import preflight
 from threedsr_ns.sampler import sampler_step
+from threedsr_ns.sr_prior.metrics import band_energy, hf_cutoff
 from threedsr_ns.timing import SectionTimer
 from threedsr_ns.viewer import ThreeDSRViewerPanel, mean_guidance_seconds
 
@@ -127,6 +128,9 @@ class ThreeDSRPipeline(VanillaPipeline):
         """x_{t_k} of the last guidance step, [N, C, h, w]: the sampler's state between steps (None before the first
         and after the last: at fern's paper size it is 17 x 3 x 1512 x 2016, 311 MB in fp16)."""
         self.guidance_log: List[Dict[str, float]] = []
+        self.detail_log: List[Dict[str, float]] = []
+        """Per guidance step k > 1 of a diffusion backend: detail energy of the new SR targets (and of the renders, in
+        3dsr mode) over step 1's SR (`_log_detail`)."""
         self._optimizers = None
         self._artifacts_dir: Optional[Path] = None
         self._artifacts = ArtifactWriter()
@@ -223,6 +227,7 @@ class ThreeDSRPipeline(VanillaPipeline):
             else:
                 toward = dm.sr_targets.permute(0, 3, 1, 2)
             sr = self._sampler_step(k, lr, lr_up, timer, toward=toward)
+            self._log_detail(k, sr, toward if cfg.mode == "3dsr" else None)
         if sr is not None:
             with timer("swap"):
                 dm.swap(sr.permute(0, 2, 3, 1))
@@ -238,6 +243,29 @@ class ThreeDSRPipeline(VanillaPipeline):
         self.guidance_log.append({"step": k, "iteration": step, **timer.seconds})
         CONSOLE.log(f"[bold]3dsr[/bold] denoise step {k} done: " + ", ".join(f"{n} {s:.2f}s" for n, s in timer.seconds.items()))
         self.write_artifacts(f"step{k}", targets_changed=sr is not None)
+
+    def _log_detail(self, k: int, sr: torch.Tensor, renders: Optional[torch.Tensor]) -> None:
+        """How much detail is left (spectral energy above the LR Nyquist, first CONTACT_SHEET_VIEWS views), over step
+        1's per-frame SR: of the renders step k moved toward (3dsr) and of its new SR targets. Into detail_log and the
+        log: whether 3D guidance keeps the invented detail or the targets soften toward soft renders."""
+        if self._first_sr is None:
+            return
+        n = self._first_sr.shape[0]
+        reference = self._detail_energy(self._first_sr.float() / 255.0)
+        if reference <= 0:
+            return
+        entry = {"step": k, "targets_vs_step1": self._detail_energy(sr[:n]) / reference}
+        if renders is not None:
+            entry["renders_vs_step1"] = self._detail_energy(renders[:n]) / reference
+        self.detail_log.append(entry)
+        CONSOLE.log(f"[bold]3dsr[/bold] step {k} detail energy over step 1's SR (first {n} views): "
+                    + ", ".join(f"{name.split('_')[0]} {value:.2f}" for name, value in entry.items() if name != "step"))
+
+    def _detail_energy(self, images: torch.Tensor) -> float:
+        """Summed spectral energy above the LR Nyquist of [n, 3, H, W] images in [0, 1] (on the model's device, also
+        when the targets are kept on the CPU)."""
+        low = hf_cutoff(self.config.upscale_factor)
+        return sum(band_energy(image.to(self.device, torch.float32), low) for image in images)
 
     def _sampler_step(self, k: int, lr: torch.Tensor, lr_up: torch.Tensor, timer: "SectionTimer",
                       toward: Optional[torch.Tensor] = None) -> torch.Tensor:
