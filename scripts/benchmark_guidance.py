@@ -67,6 +67,7 @@ def time_case(backend, timesteps, views: int, width: int, height: int, args: Arg
     lr = smooth_images(views, width, height, args.device)
     lr_up = bicubic_upsample(lr, args.scale)
     result = {}
+    first_latents: Optional[torch.Tensor] = None  # step 1's x_t: where step 2 starts
     for k in (1, 2):
         runs = []
         for r in range(args.repeats + 1):  # the first is the untimed warm-up
