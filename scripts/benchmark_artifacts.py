@@ -28,7 +28,7 @@ import torch
 import tyro
 from PIL import Image
 
-from threedsr_ns.artifacts import PNG_COMPRESS_LEVEL, ArtifactWriter, save_sr_targets, to_uint8
+from threedsr_ns.artifacts import PNG_COMPRESS_LEVEL, ArtifactWriter, save_sr_targets
 
 
 @dataclass
@@ -65,11 +65,8 @@ def main() -> None:
             times["submit"].append(time.perf_counter() - start)
             writer.wait()
             times["drain"].append(time.perf_counter() - start)
-            old = Path(tmp) / f"level6_{r}"
-            old.mkdir()
             start = time.perf_counter()
-            for image, name in zip(to_uint8(targets), names):
-                Image.fromarray(image).save(old / f"{Path(name).stem}.png", compress_level=6)
+            save_sr_targets(Path(tmp) / f"level6_{r}", targets, names, compress_level=6, threads=1)
             times["sync_level6_one_thread"].append(time.perf_counter() - start)
         for key, folder in (("mb_level1", "sync0"), ("mb_level6", "level6_0")):
             sizes[key] = sum(f.stat().st_size for f in (Path(tmp) / folder).iterdir()) / 1e6

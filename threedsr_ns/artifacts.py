@@ -36,15 +36,16 @@ SAVE_THREADS = min(4, os.cpu_count() or 1)
 """Views encoded at once (PIL releases the GIL while it encodes)."""
 
 
-def save_sr_targets(folder: Path, targets: torch.Tensor | np.ndarray, names: Sequence[str]) -> None:
+def save_sr_targets(folder: Path, targets: torch.Tensor | np.ndarray, names: Sequence[str],
+                    compress_level: int = PNG_COMPRESS_LEVEL, threads: int = SAVE_THREADS) -> None:
     """One PNG per train view, named after its input image (targets: float as for to_uint8, or uint8 [N, H, W, 3])."""
     folder.mkdir(parents=True, exist_ok=True)
     images = targets if isinstance(targets, np.ndarray) else to_uint8(targets)
 
     def save(i: int) -> None:
-        Image.fromarray(images[i]).save(folder / f"{Path(names[i]).stem}.png", compress_level=PNG_COMPRESS_LEVEL)
+        Image.fromarray(images[i]).save(folder / f"{Path(names[i]).stem}.png", compress_level=compress_level)
 
-    with ThreadPoolExecutor(max_workers=SAVE_THREADS) as pool:
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         list(pool.map(save, range(min(len(images), len(names)))))  # list(): a failed write is raised here
 
 

@@ -34,13 +34,13 @@ from threedsr_ns.artifacts import ArtifactWriter, contact_sheet
 from threedsr_ns.backends import make_backend
 from threedsr_ns.colorfix import bicubic_upsample
 from threedsr_ns.datamanager import ThreeDSRDataManager, ThreeDSRDataManagerConfig
+from threedsr_ns.detail_consistency import hf_energy_ratio
 from threedsr_ns.distributed import GuidanceGroup, check_guidance_devices
 from threedsr_ns.guidance import view_generators
 from threedsr_ns.model import ThreeDSRModel, ThreeDSRModelConfig, eval_mode
 from threedsr_ns.phases import PhaseSchedule
 from threedsr_ns.preflight import preflight
 from threedsr_ns.sampler import sampler_step
-from threedsr_ns.sr_prior.metrics import band_energy, hf_cutoff
 from threedsr_ns.timing import SectionTimer
 from threedsr_ns.viewer import ThreeDSRViewerPanel, mean_guidance_seconds
 
@@ -245,27 +245,27 @@ class ThreeDSRPipeline(VanillaPipeline):
         self.write_artifacts(f"step{k}", targets_changed=sr is not None)
 
     def _log_detail(self, k: int, sr: torch.Tensor, renders: Optional[torch.Tensor]) -> None:
-        """How much detail is left (spectral energy above the LR Nyquist, first CONTACT_SHEET_VIEWS views), over step
-        1's per-frame SR: of the renders step k moved toward (3dsr) and of its new SR targets. Into detail_log and the
-        log: whether 3D guidance keeps the invented detail or the targets soften toward soft renders."""
+        """How much detail is left (detail_consistency.hf_energy_ratio: spectral energy above the LR Nyquist, first
+        CONTACT_SHEET_VIEWS views), over step 1's per-frame SR: of the renders step k moved toward (3dsr) and of its new
+        SR targets. Into detail_log and the log: whether 3D guidance keeps the invented detail or the targets soften
+        toward soft renders."""
         if self._first_sr is None:
             return
         n = self._first_sr.shape[0]
-        reference = self._detail_energy(self._first_sr.float() / 255.0)
-        if reference <= 0:
+
+        def views(images: torch.Tensor) -> torch.Tensor:  # [n, H, W, 3] on the model's device (targets: maybe the CPU)
+            return images[:n].to(self.device, torch.float32).permute(0, 2, 3, 1)
+
+        step1, scale = views(self._first_sr / 255.0), self.config.upscale_factor
+        try:
+            entry = {"step": k, "targets_vs_step1": hf_energy_ratio(views(sr), step1, scale).ratio}
+            if renders is not None:
+                entry["renders_vs_step1"] = hf_energy_ratio(views(renders), step1, scale).ratio
+        except ValueError:  # step 1's SR holds no energy above the LR Nyquist: nothing to compare with
             return
-        entry = {"step": k, "targets_vs_step1": self._detail_energy(sr[:n]) / reference}
-        if renders is not None:
-            entry["renders_vs_step1"] = self._detail_energy(renders[:n]) / reference
         self.detail_log.append(entry)
         CONSOLE.log(f"[bold]3dsr[/bold] step {k} detail energy over step 1's SR (first {n} views): "
                     + ", ".join(f"{name.split('_')[0]} {value:.2f}" for name, value in entry.items() if name != "step"))
-
-    def _detail_energy(self, images: torch.Tensor) -> float:
-        """Summed spectral energy above the LR Nyquist of [n, 3, H, W] images in [0, 1] (on the model's device, also
-        when the targets are kept on the CPU)."""
-        low = hf_cutoff(self.config.upscale_factor)
-        return sum(band_energy(image.to(self.device, torch.float32), low) for image in images)
 
     def _sampler_step(self, k: int, lr: torch.Tensor, lr_up: torch.Tensor, timer: "SectionTimer",
                       toward: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -9,7 +9,6 @@ from contextlib import contextmanager
 from typing import Dict, Iterator, List
 
 import torch
-
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 
 
