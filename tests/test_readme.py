@@ -103,3 +103,22 @@ def test_guidance_step_figures_match_their_json():
             "(fox)") in README_FLAT
     assert big["tile_size"] == 1024 and (f"cut denoising to {big['cases']['fern']['step1']['denoise']:.2f} s (fern) and "
                                          f"{big['cases']['fox']['step1']['denoise']:.2f} s (fox)") in README_FLAT
+
+
+def test_cost_prose_figures_match_the_runs_they_come_from():
+    import re
+
+    readme = " ".join(README.split())  # list items wrap with an indent
+    runs = json.loads((RESULTS / "scale-h200.json").read_text())["runs"]
+    slow, fast = runs["fox-x4-compact-isolated@paper-protocol-isolated-s9-png6"], runs["fox-x4-compact-isolated"]
+    assert (f"its run took {slow['wall_s']:.0f} s, {slow['ratio_vs_no_diffusion']:.3f}× bicubic's (its png6 row); with "
+            f"the fast encoding, {fast['wall_s']:.0f} s and {fast['ratio_vs_no_diffusion']:.3f}×") in readme
+
+    def logged(scene: str, part: str) -> list:
+        excerpt = (RESULTS / "paper-protocol-isolated-s9-png1" / scene / "log-excerpt.txt").read_text()
+        return sorted(float(v) for v in re.findall(rf"{part} ([0-9.]+)s", excerpt) if float(v) > 0)
+
+    fern, fox = logged("fern", "denoise"), logged("fox", "denoise")
+    renders = logged("fern", "render") + logged("fox", "render")
+    assert (f"{fern[0]:.2f}–{fern[-1]:.2f} s of denoising fern's 17 views and {fox[0]:.2f}–{fox[-1]:.2f} s for fox's 43, "
+            f"plus {min(renders):.2f}–{max(renders):.2f} s of renders") in readme
