@@ -4,11 +4,13 @@ part with the pipeline's own timer, for a given number of views at a given LR si
     python scripts/benchmark_guidance.py --case fern=17x504x378 fox=43x269x479 \
         --json benchmarks/results/guidance-step-h200.json          # the paper-protocol fern and the fox capture
     python scripts/benchmark_guidance.py --tile-size 1024 --json ...  # the compact prior on larger tiles
+    python scripts/benchmark_guidance.py --channels-last False --json ...  # in the contiguous memory format
 
 For each case: step 1 (from the noised bicubic LR) and step 2 (the posterior step toward images standing in for the
 renders), --repeats times each after one untimed warm-up step (kernel selection, allocator), median seconds of each
-part (encode / denoise / decode, decode including the colour fix). The LR images are smooth random images: the cost of
-the compact prior and the SD x4 does not depend on the content. Timing only; the outputs are never looked at.
+part (encode / noise / denoise / decode, decode including the colour fix), and on CUDA each case's peak GPU memory.
+The LR images are smooth random images: the cost of the compact prior and the SD x4 does not depend on the content.
+Timing only; the outputs are never looked at.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ class Args:
     tile_size: Optional[int] = None
     """The compact prior's denoising tile side (HR pixels); default the backend's."""
     tile_overlap: Optional[int] = None
+    channels_last: Optional[bool] = None
+    """The compact prior's memory format: True channels-last, False contiguous; default the backend's (CUDA: True)."""
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     json: Optional[Path] = None
     """Where to write the result (also printed)."""
@@ -95,18 +99,27 @@ def main() -> None:
             if not hasattr(backend, name):
                 raise SystemExit(f"--{name.replace('_', '-')}: the {backend.name} backend does not tile its denoising")
             setattr(backend, name, getattr(args, name))
+    if args.channels_last is not None:
+        if not hasattr(backend, "use_channels_last"):
+            raise SystemExit(f"--channels-last: the {backend.name} backend has no memory-format choice")
+        backend.use_channels_last(args.channels_last)
     backend.to(args.device)
     timesteps = backend.denoise_timesteps(args.denoise_steps, None)
     device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else platform.processor()
     result = {"backend": backend.name, "device": device_name, "batch_size": args.batch_size, "scale": args.scale,
               "timesteps": list(timesteps), "repeats": args.repeats,
               "tile_size": getattr(backend, "tile_size", None), "tile_overlap": getattr(backend, "tile_overlap", None),
-              "cases": {}}
+              "channels_last": getattr(backend, "channels_last", None), "cases": {}}
     for name, views, width, height in cases:
         print(f"{name}: {views} views at {width}x{height} -> {args.scale * width}x{args.scale * height}", flush=True)
+        cuda = args.device.startswith("cuda")
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(args.device)
         result["cases"][name] = {"views": views, "lr_size": [width, height],
                                  "sr_size": [args.scale * width, args.scale * height],
                                  **time_case(backend, timesteps, views, width, height, args)}
+        if cuda:  # the case's peak, the weights included
+            result["cases"][name]["peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated(args.device) / 1e9
     text = json.dumps(result, indent=2)
     print(text)
     if args.json is not None:

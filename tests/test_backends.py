@@ -411,3 +411,16 @@ def test_check_lr_size(tiny: SDUpscalerBackend) -> None:
     x0 = tiny.predict_x0(torch.randn(1, 4, 1, 3), 500, torch.rand(1, 3, 1, 3))
     assert tiny.decode(x0).shape == (1, 3, 4, 12)
     assert backends[2].predict_x0(torch.randn(1, 3, 4, 4), 500, torch.rand(1, 3, 1, 1)).shape == (1, 3, 4, 4)
+
+
+def test_the_pipelines_tile_size_reaches_the_backend() -> None:
+    """--pipeline.sr-tile-size: the compact prior's denoising tiles and the SD x4 VAE's tiles (None: the default)."""
+    from threedsr_ns.pipeline import ThreeDSRPipelineConfig, backend_kwargs
+
+    for size, expected in ((None, compact.DEFAULT_TILE_SIZE), (256, 256), (0, None)):
+        config = ThreeDSRPipelineConfig(sr_backend="compact", sr_tile_size=size)
+        assert make_backend(**backend_kwargs(config), device="cpu").tile_size == expected
+    config = ThreeDSRPipelineConfig(sr_backend="tiny-random", sr_tile_size=64)
+    assert make_backend(**backend_kwargs(config), device="cpu").vae_tile_size == 64
+    with pytest.raises(ValueError, match="multiple of 8"):
+        make_backend(**backend_kwargs(ThreeDSRPipelineConfig(sr_backend="compact", sr_tile_size=500)), device="cpu")

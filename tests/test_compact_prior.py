@@ -400,3 +400,29 @@ def test_the_shipped_priors_tiled_denoising_stays_close_to_untiled_on_a_real_vie
         ([0, 152], 224), ([0, 144, 288], 216)]
     error = (tiled.predict_x0(x_t, 249, lr) - whole.predict_x0(x_t, 249, lr)).abs() / 2 * 255  # in 8-bit levels
     assert float(error.mean()) < 0.5 and float(error.flatten().quantile(0.999)) < 3.0
+
+
+def test_channels_last_memory_format_gives_the_same_prediction() -> None:
+    """The shipped prior in channels-last format (the CUDA default) predicts what the contiguous one does, on a real
+    view through the tiled path, and its input really is converted (the UNet sees channels-last tensors)."""
+    files = sorted((FERN / "images_8").glob("*.png"))
+    if not files:
+        pytest.skip(f"{FERN / 'images_8'} not found: the test reads LLFF fern from ../shared/data")
+    hr = torch.from_numpy(np.asarray(Image.open(files[2]).convert("RGB"), dtype=np.float32) / 255)
+    hr = hr.permute(2, 0, 1)[None, :192, :256]
+    lr = F.interpolate(hr, scale_factor=0.25, mode="area")
+    plain = CompactSRBackend.from_package(device="cpu", tile_size=128, tile_overlap=32)
+    assert plain.channels_last is False and not compact.is_channels_last(plain.unet)
+    a = plain.alphas_cumprod[749]
+    x_t = a.sqrt() * plain.encode(hr) + (1 - a).sqrt() * torch.randn(hr.shape, generator=torch.Generator().manual_seed(2))
+    expected = plain.predict_x0(x_t, 749, lr)
+    fast = CompactSRBackend.from_package(device="cpu", tile_size=128, tile_overlap=32, channels_last=True)
+    assert compact.is_channels_last(fast.unet)
+    seen = []
+    fast.unet.register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    got = fast.predict_x0(x_t, 749, lr)
+    assert seen and all(seen)
+    assert float((got - expected).abs().max()) < 1e-4
+    fast.use_channels_last(False)
+    assert not compact.is_channels_last(fast.unet)

@@ -96,6 +96,10 @@ class ThreeDSRPipelineConfig(VanillaPipelineConfig):
     """Wavelet colour fix: keep the low frequencies of the bicubic LR, the high frequencies of the decode."""
     guidance_batch_size: int = 8
     """Views per batch through the SR model's VAE and denoiser."""
+    sr_tile_size: Optional[int] = None
+    """HR pixels per tile side where the SR model tiles large images (compact priors: denoising tiles; SD x4: VAE
+    tiles; realesrgan: LR tiles of a quarter of it); None: the backend's default; 0: never tile. Smaller tiles bound
+    the GPU memory; larger ones run faster."""
     guidance_seed: int = 0
     """Seed of the diffusion noise, for reproducible runs: view i's noise at step k comes from its own generator,
     seeded guidance_seed + 1_000_003 k + i, so the SR targets do not depend on batching or --guidance-devices."""
@@ -354,7 +358,7 @@ def backend_kwargs(config: ThreeDSRPipelineConfig) -> Dict:
     return dict(name=config.sr_backend, model_path=config.sr_model_path, seed=config.guidance_seed,
                 batch_size=config.guidance_batch_size, scale=config.upscale_factor, prompt=config.sr_prompt,
                 negative_prompt=config.sr_negative_prompt, guidance_scale=config.sr_guidance_scale,
-                noise_level=config.sr_noise_level)
+                noise_level=config.sr_noise_level, tile_size=config.sr_tile_size)
 
 
 def worker_backend_kwargs(config: ThreeDSRPipelineConfig, backend) -> Dict:

@@ -15,7 +15,7 @@ What the model is
   last clean estimate is taken at a noise std of 0.056 (in [-1, 1]), below the detail amplitude, so the
   samples keep invented detail instead of regressing to the blurry posterior mean.
 - HR sizes that are not a multiple of the UNet's 2**(levels - 1) are padded (reflect) and cropped back.
-- HR images larger than `tile_size` (default 512 px, either side) are denoised on overlapping tiles of
+- HR images larger than `tile_size` (default 1024 px on CUDA, 512 px elsewhere, either side) are denoised on overlapping tiles of
   the noisy image and the (full-image) bicubic conditioning, blended with linear ramps over `tile_overlap`
   pixels, so memory stays bounded at any size (`tiled_unet_output`).
 
@@ -76,7 +76,10 @@ RRDB_FEATURES = 64
 """Channels of Real-ESRGAN x4plus's penultimate activations (compact-v2's feature conditioning)."""
 
 DEFAULT_TILE_SIZE = 512
-"""HR pixels per denoising tile side; larger images are denoised in overlapping tiles."""
+"""HR pixels per denoising tile side off CUDA; larger images are denoised in overlapping tiles."""
+CUDA_TILE_SIZE = 1024
+"""The tile side on CUDA: fewer, larger tiles run faster there (benchmarks/results/guidance-step-h200*.json: one
+fox guidance step's denoise, 43 views at 1076x1916, took 2.03 s on 1024 px tiles against 2.60 s on 512 px ones)."""
 DEFAULT_TILE_OVERLAP = 64
 """HR pixels shared by neighbouring tiles, blended with linear ramps."""
 
@@ -301,14 +304,23 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tupl
     return F.pad(x, (0, pad_w, 0, pad_h), mode=mode), (height, width)
 
 
+def is_channels_last(unet: torch.nn.Module) -> bool:
+    """True when the UNet's convolution weights are in channels-last memory format (`Module.to(memory_format=...)`)."""
+    weight = next(p for p in unet.parameters() if p.ndim == 4)
+    return weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+
+
 def unet_output(
     unet: UNet2DModel, x_t: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor, multiple: int
 ) -> torch.Tensor:
     """The raw UNet output (v or eps) for x_t [B, 3, H, W] and the conditioning [B, C, H, W], in the UNet's dtype.
 
     Pads H, W to `multiple` and crops the output back. Training and inference both go through here.
+    The input takes the UNet's memory format (`is_channels_last`).
     """
     model_input, (height, width) = _pad_to_multiple(torch.cat([x_t, condition], dim=1), multiple)
+    if is_channels_last(unet):
+        model_input = model_input.contiguous(memory_format=torch.channels_last)
     output = unet(model_input, timesteps, return_dict=False)[0]
     return output[..., :height, :width]
 
@@ -454,15 +466,22 @@ class CompactSRBackend(SRBackend):
         batch_size: int = 1,
         seed: int = 0,
         source: str = "",
-        tile_size: int | None = DEFAULT_TILE_SIZE,
+        tile_size: int | None | Literal["default"] = "default",
         tile_overlap: int = DEFAULT_TILE_OVERLAP,
         rrdb: torch.nn.Module | None = None,
         rrdb_weights: str | Path | None = None,
+        channels_last: bool | None = None,
     ) -> None:
         """Wrap a UNet; use `from_package` or `from_folder` to load trained weights. tile_size (HR pixels, a
-        multiple of config.size_multiple; None or 0: never tile) and tile_overlap: see `tiled_unet_output`.
+        multiple of config.size_multiple; None or 0: never tile; "default": CUDA_TILE_SIZE on CUDA, else
+        DEFAULT_TILE_SIZE) and tile_overlap: see `tiled_unet_output`.
+        channels_last: run the UNet and the RRDBNet in channels-last memory format (default: on CUDA, where fp16
+        convolutions are faster so; `use_channels_last`).
         compact-v2 also needs the frozen Real-ESRGAN RRDBNet: `rrdb`, or loaded from `rrdb_weights` (default: the
         lookup of threedsr_ns.backends.realesrgan, i.e. THREEDSR_REALESRGAN_WEIGHTS, its cache, the pip package)."""
+        self.device = torch.device(device) if device is not None else default_device()
+        if tile_size == "default":
+            tile_size = CUDA_TILE_SIZE if self.device.type == "cuda" else DEFAULT_TILE_SIZE
         if tile_size:
             if tile_size % config.size_multiple or not 0 <= tile_overlap <= tile_size // 2:
                 raise ValueError(
@@ -481,7 +500,6 @@ class CompactSRBackend(SRBackend):
         self.seed = seed
         self.generator = torch.Generator("cpu").manual_seed(seed)
         """Unused by predict_x0 (it is deterministic: no conditioning noise); kept for the interface."""
-        self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         # Plain Module.to: diffusers' override warns on dtype casts.
         self.unet = torch.nn.Module.to(unet, device=self.device, dtype=self.dtype).eval().requires_grad_(False)
@@ -493,6 +511,17 @@ class CompactSRBackend(SRBackend):
                 rrdb, rrdb_source = load_rrdbnet(rrdb_weights, self.device, self.dtype)
                 self.source = f"{source} + Real-ESRGAN x4plus from {rrdb_source}" if source else rrdb_source
             self.rrdb = rrdb.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+        self.use_channels_last(self.device.type == "cuda" if channels_last is None else channels_last)
+
+    def use_channels_last(self, enabled: bool) -> CompactSRBackend:
+        """Put the UNet (and the RRDBNet) in channels-last memory format, or back in the contiguous one. The outputs
+        are the same up to the convolution algorithms' rounding."""
+        memory_format = torch.channels_last if enabled else torch.contiguous_format
+        self.unet.to(memory_format=memory_format)
+        if self.rrdb is not None:
+            self.rrdb.to(memory_format=memory_format)
+        self.channels_last = enabled
+        return self
 
     @classmethod
     def from_folder(
@@ -503,14 +532,16 @@ class CompactSRBackend(SRBackend):
         *,
         batch_size: int = 1,
         seed: int = 0,
-        tile_size: int | None = DEFAULT_TILE_SIZE,
+        tile_size: int | None | Literal["default"] = "default",
         tile_overlap: int = DEFAULT_TILE_OVERLAP,
         rrdb_weights: str | Path | None = None,
+        channels_last: bool | None = None,
     ) -> CompactSRBackend:
         """Load config.json + model.safetensors from `path` (no network)."""
         unet, config = load_unet(path)
         return cls(unet, config, device=device, dtype=dtype, batch_size=batch_size, seed=seed, source=str(path),
-                   tile_size=tile_size, tile_overlap=tile_overlap, rrdb_weights=rrdb_weights)
+                   tile_size=tile_size, tile_overlap=tile_overlap, rrdb_weights=rrdb_weights,
+                   channels_last=channels_last)
 
     @classmethod
     def from_package(
@@ -520,12 +551,13 @@ class CompactSRBackend(SRBackend):
         *,
         batch_size: int = 1,
         seed: int = 0,
-        tile_size: int | None = DEFAULT_TILE_SIZE,
+        tile_size: int | None | Literal["default"] = "default",
         tile_overlap: int = DEFAULT_TILE_OVERLAP,
+        channels_last: bool | None = None,
     ) -> CompactSRBackend:
         """Load the weights shipped in the package (threedsr_ns/weights/compact_sr_x4/)."""
         return cls.from_folder(PACKAGE_WEIGHTS_DIR, device, dtype, batch_size=batch_size, seed=seed,
-                               tile_size=tile_size, tile_overlap=tile_overlap)
+                               tile_size=tile_size, tile_overlap=tile_overlap, channels_last=channels_last)
 
     # ---- SRBackend ----------------------------------------------------------------------------------
 
@@ -596,6 +628,8 @@ class CompactSRBackend(SRBackend):
 __all__ = [
     "CARD_FILE",
     "CONFIG_FILE",
+    "CUDA_TILE_SIZE",
+    "DEFAULT_TILE_SIZE",
     "PACKAGE_WEIGHTS_DIR",
     "PACKAGE_WEIGHTS_DIR_V2",
     "TRAIN_COMMAND",
@@ -608,6 +642,7 @@ __all__ = [
     "conditioning",
     "residual_input",
     "count_parameters",
+    "is_channels_last",
     "is_compact_folder",
     "lr_condition",
     "load_unet",

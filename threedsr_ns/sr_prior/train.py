@@ -156,19 +156,12 @@ def diffusion_loss(
     a = alphas_cumprod.to(hr.device)[timesteps].view(-1, 1, 1, 1)
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
     target = noise if config.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
-    memory_format = torch.channels_last if _is_channels_last(unet) else torch.contiguous_format
-    x_t, condition = x_t.contiguous(memory_format=memory_format), condition.contiguous(memory_format=memory_format)
     if autocast_dtype is not None:
         with torch.autocast(device_type=hr.device.type, dtype=autocast_dtype):
             output = compact.unet_output(unet, x_t, timesteps, condition, config.size_multiple)
     else:
         output = compact.unet_output(unet, x_t, timesteps, condition, config.size_multiple)
     return F.mse_loss(output.float(), target)
-
-
-def _is_channels_last(unet: torch.nn.Module) -> bool:
-    weight = next(p for p in unet.parameters() if p.ndim == 4)
-    return weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
 
 
 class EMA:
