@@ -15,9 +15,9 @@ What the model is
   last clean estimate is taken at a noise std of 0.056 (in [-1, 1]), below the detail amplitude, so the
   samples keep invented detail instead of regressing to the blurry posterior mean.
 - HR sizes that are not a multiple of the UNet's 2**(levels - 1) are padded (reflect) and cropped back.
-- HR images larger than `tile_size` (default 1024 px on CUDA, 512 px elsewhere, either side) are denoised on overlapping tiles of
-  the noisy image and the (full-image) bicubic conditioning, blended with linear ramps over `tile_overlap`
-  pixels, so memory stays bounded at any size (`tiled_unet_output`).
+- HR images larger than `tile_size` (default 1024 px on CUDA, 512 px elsewhere, either side) are denoised on
+  overlapping tiles of the noisy image and the (full-image) bicubic conditioning, blended with linear ramps over
+  `tile_overlap` pixels, so memory stays bounded at any size (`tiled_unet_output`).
 
 compact-v2: residual diffusion on Real-ESRGAN (config `conditioning = "realesrgan_residual"`)
 - The frozen Real-ESRGAN x4plus RRDBNet (`threedsr_ns.backends.realesrgan`; weights from the pip package, never
