@@ -511,7 +511,7 @@ class CompactSRBackend(SRBackend):
                 rrdb, rrdb_source = load_rrdbnet(rrdb_weights, self.device, self.dtype)
                 self.source = f"{source} + Real-ESRGAN x4plus from {rrdb_source}" if source else rrdb_source
             self.rrdb = rrdb.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
-        self.use_channels_last(self.device.type == "cuda" if channels_last is None else channels_last)
+        self.use_channels_last(bool(channels_last))
 
     def use_channels_last(self, enabled: bool) -> CompactSRBackend:
         """Put the UNet (and the RRDBNet) in channels-last memory format, or back in the contiguous one. The outputs
