@@ -77,7 +77,13 @@ case "$cmd" in
       # unfinished scenes too: compare.py rewrites its table after each method, so a cut-short job keeps them
       [ -f "$work/$scene.done" ] || echo "$scene: not finished; its compare.json holds the methods scored so far"
       cp "$log" "$work/$scene/"
-      tr '\r' '\n' < "$log" | sed 's/\x1b\[[0-9;]*m//g' | grep -v "SyntaxWarning\|Step (% Done)\|^  \|^\s*$\|(.*%) " \
+      # rich wraps a long record onto lines of its own, indented, without the file:line column: join them back
+      tr '\r' '\n' < "$log" | sed 's/\x1b\[[0-9;]*m//g' | awk '
+        function flush() { if (msg != "") print msg (src != "" ? "  " src : ""); msg = src = "" }
+        /^ +[^ ]/ && !/\.py:[0-9]+ *$/ && src != "" { sub(/^ +/, ""); sub(/ +$/, ""); msg = msg " " $0; next }
+        { flush(); if (match($0, / +[A-Za-z_0-9.]+\.py:[0-9]+ *$/)) { msg = substr($0, 1, RSTART - 1)
+            src = substr($0, RSTART); gsub(/^ +| +$/, "", src) } else msg = $0 }
+        END { flush() }' | grep -v "SyntaxWarning\|Step (% Done)\|^\s*$\|(.*%) " \
         | grep -E "denoise step|detail energy|done in|Saving config|Done loading Nerf|[Ee]rror|^\| |pre-flight" | cut -c1-220 \
         > "$work/$scene/log-excerpt.txt" || true
       tar -czf "$out/$scene.tar.gz" -C "$work" --exclude="$scene/runs" --exclude="$scene/shared_geometry.pt" "$scene"

@@ -50,3 +50,33 @@ def test_the_detached_job_runs_its_own_snapshot_of_the_code(tiny_fern: Path, tmp
         excerpt = tar.extractfile("fern/log-excerpt.txt").read().decode()
     assert "fern/compare.json" in names and not any(n.startswith(("fern/runs", "fern/shared_geometry")) for n in names)
     assert "| bicubic |" in excerpt and "scene fern done in" in excerpt and "Step (% Done)" not in excerpt
+
+
+def test_the_excerpt_joins_the_records_rich_wrapped(tmp_path: Path):
+    """A record rich wrapped onto an indented line without the file:line column comes out whole (the log lines of
+    a GPU run, session 10); an unwrapped record without a timestamp is kept too, and progress rows are not."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    (work / "fern").mkdir(parents=True)
+    out.mkdir()
+    pad = " " * 11
+    (work / "fern.log").write_text("\n".join([
+        "[20:27:55] 3dsr step 4 detail energy over step 1's SR (first 6 views): targets 0.57, renders 0.54        "
+        "pipeline.py:271",
+        pad + "3dsr denoise step 4 done: render 0.12s, encode 0.00s, noise 0.32s, denoise 1.28s, decode      "
+        "pipeline.py:248",
+        pad + "0.04s, swap 0.00s" + " " * 90,
+        pad + "3dsr pre-flight passed in 0.4s: 17 train views at 504x378 (undistorted)       preflight.py:64",
+        "8000 (88.89%)       10.362 ms            50 s, 49.407 ms      12.55 M",
+        "scene fern done in 310 s",
+    ]) + "\n")
+    collected = subprocess.run(["bash", str(ROOT / "scripts" / "run_llff_quality.sh"), "collect", str(work), str(out)],
+                               capture_output=True, text=True, timeout=60)
+    assert collected.returncode == 0, collected.stdout + collected.stderr
+    assert (work / "fern" / "log-excerpt.txt").read_text().splitlines() == [
+        "[20:27:55] 3dsr step 4 detail energy over step 1's SR (first 6 views): targets 0.57, renders 0.54  "
+        "pipeline.py:271",
+        pad + "3dsr denoise step 4 done: render 0.12s, encode 0.00s, noise 0.32s, denoise 1.28s, decode 0.04s, "
+        "swap 0.00s  pipeline.py:248",
+        pad + "3dsr pre-flight passed in 0.4s: 17 train views at 504x378 (undistorted)  preflight.py:64",
+        "scene fern done in 310 s",
+    ]

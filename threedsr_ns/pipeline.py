@@ -245,7 +245,8 @@ class ThreeDSRPipeline(VanillaPipeline):
         self.model.start_hr_phase(step, cfg.phase_iters)
         self._restart_lr_schedules()
         self.guidance_log.append({"step": k, "iteration": step, **timer.seconds})
-        CONSOLE.log(f"[bold]3dsr[/bold] denoise step {k} done: " + ", ".join(f"{n} {s:.2f}s" for n, s in timer.seconds.items()))
+        parts = ", ".join(f"{n} {s:.2f}s" for n, s in timer.seconds.items())
+        CONSOLE.log(f"[bold]3dsr[/bold] denoise step {k} done: {parts or f'nothing to sample ({backend.name})'}")
         self.write_artifacts(f"step{k}", targets_changed=sr is not None)
 
     def _log_detail(self, k: int, sr: torch.Tensor, renders: Optional[torch.Tensor]) -> None:
