@@ -54,6 +54,18 @@ def test_paper_protocol_table_matches_its_json():
             fmt(m["detail_consistency"], 4)], (scene, method)
 
 
+def test_detail_log_figures_match_the_run_they_come_from():
+    import re
+
+    excerpt = (RESULTS / "paper-protocol-isolated-s10" / "fern" / "log-excerpt.txt").read_text()
+    logged = [tuple(map(float, m)) for m in re.findall(r"step \d detail energy .*: targets ([0-9.]+), renders ([0-9.]+)",
+                                                       excerpt)]
+    assert len(logged) == 3  # steps 2-4 of the 3dsr run
+    targets, renders = zip(*logged)
+    assert (f"hold only {min(renders):.2f}–{max(renders):.2f} of its detail energy, and the new targets fall from "
+            f"{targets[0]:.2f} at step 2 to {targets[-1]:.2f} at step 4") in README_FLAT
+
+
 def test_small_protocol_table_matches_its_json():
     table = json.loads((RESULTS / "quality-llff-small.json").read_text())
     assert table["protocol"] == "small"
