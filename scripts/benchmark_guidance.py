@@ -48,7 +48,7 @@ class Args:
     """The compact prior's denoising tile side (HR pixels); default the backend's."""
     tile_overlap: Optional[int] = None
     channels_last: Optional[bool] = None
-    """The compact prior's memory format: True channels-last, False contiguous; default the backend's (CUDA: True)."""
+    """The compact prior's memory format: True channels-last, False contiguous; default the backend's (contiguous)."""
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     json: Optional[Path] = None
     """Where to write the result (also printed)."""

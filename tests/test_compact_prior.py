@@ -403,8 +403,8 @@ def test_the_shipped_priors_tiled_denoising_stays_close_to_untiled_on_a_real_vie
 
 
 def test_channels_last_memory_format_gives_the_same_prediction() -> None:
-    """The shipped prior in channels-last format (the CUDA default) predicts what the contiguous one does, on a real
-    view through the tiled path, and its input really is converted (the UNet sees channels-last tensors)."""
+    """The shipped prior in channels-last format (a choice, off by default) predicts what the contiguous one does, on a
+    real view through the tiled path, and its input really is converted (the UNet sees channels-last tensors)."""
     files = sorted((FERN / "images_8").glob("*.png"))
     if not files:
         pytest.skip(f"{FERN / 'images_8'} not found: the test reads LLFF fern from ../shared/data")

@@ -78,8 +78,9 @@ RRDB_FEATURES = 64
 DEFAULT_TILE_SIZE = 512
 """HR pixels per denoising tile side off CUDA; larger images are denoised in overlapping tiles."""
 CUDA_TILE_SIZE = 1024
-"""The tile side on CUDA: fewer, larger tiles run faster there (benchmarks/results/guidance-step-h200*.json: one
-fox guidance step's denoise, 43 views at 1076x1916, took 2.03 s on 1024 px tiles against 2.60 s on 512 px ones)."""
+"""The tile side on CUDA: fewer, larger tiles run faster there (benchmarks/results/guidance-step-h200-tile1024.json
+against guidance-step-h200.json: one fox guidance step's denoising, 43 views at 1076x1916, took 2.01 s on 1024 px
+tiles against 2.61 s on 512 px ones, at a peak of 12.5 GB)."""
 DEFAULT_TILE_OVERLAP = 64
 """HR pixels shared by neighbouring tiles, blended with linear ramps."""
 
@@ -470,13 +471,13 @@ class CompactSRBackend(SRBackend):
         tile_overlap: int = DEFAULT_TILE_OVERLAP,
         rrdb: torch.nn.Module | None = None,
         rrdb_weights: str | Path | None = None,
-        channels_last: bool | None = None,
+        channels_last: bool = False,
     ) -> None:
         """Wrap a UNet; use `from_package` or `from_folder` to load trained weights. tile_size (HR pixels, a
         multiple of config.size_multiple; None or 0: never tile; "default": CUDA_TILE_SIZE on CUDA, else
         DEFAULT_TILE_SIZE) and tile_overlap: see `tiled_unet_output`.
-        channels_last: run the UNet and the RRDBNet in channels-last memory format (default: on CUDA, where fp16
-        convolutions are faster so; `use_channels_last`).
+        channels_last: run the UNet and the RRDBNet in channels-last memory format (`use_channels_last`; off by
+        default: on the H200 it denoised slower, benchmarks/results/guidance-step-h200-tile1024-channels-last.json).
         compact-v2 also needs the frozen Real-ESRGAN RRDBNet: `rrdb`, or loaded from `rrdb_weights` (default: the
         lookup of threedsr_ns.backends.realesrgan, i.e. THREEDSR_REALESRGAN_WEIGHTS, its cache, the pip package)."""
         self.device = torch.device(device) if device is not None else default_device()
@@ -511,7 +512,7 @@ class CompactSRBackend(SRBackend):
                 rrdb, rrdb_source = load_rrdbnet(rrdb_weights, self.device, self.dtype)
                 self.source = f"{source} + Real-ESRGAN x4plus from {rrdb_source}" if source else rrdb_source
             self.rrdb = rrdb.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
-        self.use_channels_last(bool(channels_last))
+        self.use_channels_last(channels_last)
 
     def use_channels_last(self, enabled: bool) -> CompactSRBackend:
         """Put the UNet (and the RRDBNet) in channels-last memory format, or back in the contiguous one. The outputs
@@ -535,7 +536,7 @@ class CompactSRBackend(SRBackend):
         tile_size: int | None | Literal["default"] = "default",
         tile_overlap: int = DEFAULT_TILE_OVERLAP,
         rrdb_weights: str | Path | None = None,
-        channels_last: bool | None = None,
+        channels_last: bool = False,
     ) -> CompactSRBackend:
         """Load config.json + model.safetensors from `path` (no network)."""
         unet, config = load_unet(path)
@@ -553,7 +554,7 @@ class CompactSRBackend(SRBackend):
         seed: int = 0,
         tile_size: int | None | Literal["default"] = "default",
         tile_overlap: int = DEFAULT_TILE_OVERLAP,
-        channels_last: bool | None = None,
+        channels_last: bool = False,
     ) -> CompactSRBackend:
         """Load the weights shipped in the package (threedsr_ns/weights/compact_sr_x4/)."""
         return cls.from_folder(PACKAGE_WEIGHTS_DIR, device, dtype, batch_size=batch_size, seed=seed,
