@@ -5,6 +5,7 @@ part with the pipeline's own timer, for a given number of views at a given LR si
         --json benchmarks/results/guidance-step-h200.json          # the paper-protocol fern and the fox capture
     python scripts/benchmark_guidance.py --tile-size 1024 --json ...  # the compact prior on larger tiles
     python scripts/benchmark_guidance.py --channels-last False --json ...  # in the contiguous memory format
+    python scripts/benchmark_guidance.py --predraw-noise --json ...   # step 2's noise drawn ahead, as in the pipeline
 
 For each case: step 1 (from the noised bicubic LR) and step 2 (the posterior step toward images standing in for the
 renders), --repeats times each after one untimed warm-up step (kernel selection, allocator), median seconds of each
@@ -29,7 +30,7 @@ import tyro
 
 from threedsr_ns.backends import make_backend
 from threedsr_ns.colorfix import bicubic_upsample
-from threedsr_ns.guidance import view_generators
+from threedsr_ns.guidance import predraw_posterior_noise, view_generators
 from threedsr_ns.sampler import sampler_step
 from threedsr_ns.timing import SectionTimer
 
@@ -49,6 +50,9 @@ class Args:
     tile_overlap: Optional[int] = None
     channels_last: Optional[bool] = None
     """The compact prior's memory format: True channels-last, False contiguous; default the backend's (contiguous)."""
+    predraw_noise: bool = False
+    """Step 2's posterior noise drawn before the timed step (guidance.predraw_posterior_noise), as the pipeline does
+    during the HR phase on CUDA: its "noise" part is then the posterior arithmetic alone."""
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     json: Optional[Path] = None
     """Where to write the result (also printed)."""
@@ -75,12 +79,17 @@ def time_case(backend, timesteps, views: int, width: int, height: int, args: Arg
     for k in (1, 2):
         runs = []
         for r in range(args.repeats + 1):  # the first is the untimed warm-up
-            generators = view_generators(0, k, range(views))
             latents, toward = (None, None) if k == 1 else (first_latents, lr_up)
+            noise = None
+            if k > 1 and args.predraw_noise:
+                generators, noise = predraw_posterior_noise(0, k, range(views), tuple(latents.shape),
+                                                            pin=args.device.startswith("cuda"))
+            else:
+                generators = view_generators(0, k, range(views))
             timer = SectionTimer(args.device)
             with torch.no_grad(), timer("step"):
                 x_t, _ = sampler_step(backend, timesteps, k, lr, lr_up, generators, latents=latents, toward=toward,
-                                      timer=timer)
+                                      noise=noise, timer=timer)
             if k == 1 and r == 0:
                 first_latents = x_t
             if r > 0:
@@ -109,7 +118,8 @@ def main() -> None:
     result = {"backend": backend.name, "device": device_name, "batch_size": args.batch_size, "scale": args.scale,
               "timesteps": list(timesteps), "repeats": args.repeats,
               "tile_size": getattr(backend, "tile_size", None), "tile_overlap": getattr(backend, "tile_overlap", None),
-              "channels_last": getattr(backend, "channels_last", None), "cases": {}}
+              "channels_last": getattr(backend, "channels_last", None), "predraw_noise": args.predraw_noise,
+              "cases": {}}
     for name, views, width, height in cases:
         print(f"{name}: {views} views at {width}x{height} -> {args.scale * width}x{args.scale * height}", flush=True)
         cuda = args.device.startswith("cuda")

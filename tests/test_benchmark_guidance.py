@@ -18,12 +18,12 @@ def run(*args: str) -> subprocess.CompletedProcess:
 def test_each_case_gets_both_steps_timed_part_by_part(tmp_path: Path):
     out = tmp_path / "guidance.json"
     result = run("--case", "small=3x24x20", "wide=2x40x16", "--repeats", "1", "--tile-size", "64",
-                 "--tile-overlap", "16", "--channels-last", "True", "--json", str(out))
+                 "--tile-overlap", "16", "--channels-last", "True", "--predraw-noise", "--json", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     table = json.loads(out.read_text())
     assert table["backend"] == "compact" and table["timesteps"] == [999, 749, 499, 249]
     assert (table["tile_size"], table["tile_overlap"]) == (64, 16)  # 96x80 and 160x64: several tiles each
-    assert table["channels_last"] is True  # asked for: the CPU default is off
+    assert table["channels_last"] is True and table["predraw_noise"] is True  # asked for: both off by default
     assert table["cases"]["small"]["sr_size"] == [96, 80] and table["cases"]["wide"]["views"] == 2
     for case in table["cases"].values():
         for step in ("step1", "step2"):
@@ -37,3 +37,4 @@ def test_a_malformed_case_or_an_untiled_backend_is_one_line():
     assert result.returncode != 0 and "NAME=VIEWSxWIDTHxHEIGHT" in result.stderr.strip().splitlines()[-1]
     result = run("--backend", "bicubic", "--tile-size", "64", "--case", "t=1x8x8")
     assert result.returncode != 0 and "bicubic backend does not tile" in result.stderr.strip().splitlines()[-1]
+

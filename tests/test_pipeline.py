@@ -136,3 +136,32 @@ def test_each_later_step_logs_how_much_detail_is_left_against_step_1(tiny_fern: 
     targets = pipeline.datamanager.sr_targets[:n].permute(0, 3, 1, 2)
     assert entry["targets_vs_step1"] == pytest.approx(energy(targets) / energy(first), rel=1e-6)
     assert entry["renders_vs_step1"] != pytest.approx(entry["targets_vs_step1"])
+
+
+def test_noise_drawn_ahead_during_the_phase_gives_the_same_targets(tiny_fern: Path, monkeypatch):
+    """predraw_noise (the CUDA default, forced on here): steps 2 and 3 take their posterior noise from a draw started
+    when the step before ended, and the SR targets are bit-identical to drawing it in the step. The tiny SD x4 also
+    draws its conditioning noise from the same generators afterwards, so their hand-over is checked too. (The
+    interleaved mode steps toward the views' own targets: renders of two separately built pipelines differ, their
+    Gaussians being randomly initialised.)"""
+    drawn, ahead = [], []
+    real_draw = guidance.predraw_posterior_noise
+    monkeypatch.setattr("threedsr_ns.pipeline.predraw_posterior_noise",
+                        lambda *args: drawn.append(args[1]) or real_draw(*args))
+    targets = {}
+    for predraw in (False, True):
+        pipeline = make_pipeline(tiny_fern, mode="per-frame-interleaved")
+        pipeline.predraw_noise = predraw
+        steps = []
+        for k in (1, 2, 3):
+            pipeline.run_guidance_step(k, step=10 + 5 * (k - 1))
+            steps.append(pipeline.datamanager.sr_targets.clone())
+            ahead.append(pipeline._noise_ahead is not None and pipeline._noise_ahead[0])
+        targets[predraw] = steps
+    assert drawn == [2, 3] and ahead == [False, False, False, 2, 3, False]  # none after the last step
+    for k in range(3):
+        assert torch.equal(targets[False][k], targets[True][k]), k
+    assert not torch.equal(targets[True][1], targets[True][2])  # the steps did change the targets
+    with pytest.raises(ValueError, match="noise shape"):
+        guidance.ddpm_posterior_step(torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 4, 4), 749, 499,
+                                     pipeline.backend.alphas_cumprod, noise=torch.zeros(1, 3, 4, 4))

@@ -133,6 +133,17 @@ def randn(shape: Sequence[int], device: torch.device | str, generator: Generator
     return torch.stack([d.to(device) for d in draws]) if draws else torch.empty(shape, device=device, dtype=torch.float32)
 
 
+def predraw_posterior_noise(seed: int, k: int, views: Sequence[int], shape: Sequence[int],
+                            pin: bool = False) -> tuple[list[torch.Generator], torch.Tensor]:
+    """Guidance step k's DDPM posterior noise for `views`, drawn ahead of the step (e.g. on a background thread
+    during the HR phase before it): (the views' generators, advanced past it, for the step's further draws; the
+    noise [len(views), *shape[1:]] on the CPU, pinned if `pin`). The same numbers as the step would draw itself:
+    `view_generators(seed, k, views)` and then `randn`."""
+    generators = view_generators(seed, k, views)
+    noise = randn((len(generators), *tuple(shape)[1:]), "cpu", generators)
+    return generators, noise.pin_memory() if pin else noise
+
+
 def _randn_like(x: torch.Tensor, generator: Generators) -> torch.Tensor:
     return randn(x.shape, x.device, generator)
 
@@ -210,8 +221,10 @@ def ddpm_posterior_step(
     t_prev: Timestep,
     alphas_cumprod: torch.Tensor,
     generator: Generators = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Sample q(x_{t_prev} | x_t, x0) for any t_prev < t (the steps need not be adjacent).
+    """Sample q(x_{t_prev} | x_t, x0) for any t_prev < t (the steps need not be adjacent). `noise`: the standard
+    noise already drawn from `generator` (`predraw_posterior_noise`); default drawn here.
 
     With s = t_prev and a_{t|s} = a_t / a_s (the alpha of the jump s -> t):
       mean = sqrt(a_s) (1 - a_{t|s}) / (1 - a_t) * x0 + sqrt(a_{t|s}) (1 - a_s) / (1 - a_t) * x_t
@@ -226,7 +239,11 @@ def ddpm_posterior_step(
         a_ts.sqrt() * (1.0 - a_s) / (1.0 - a_t)
     ) * x_t.float()
     var = (1.0 - a_s) / (1.0 - a_t) * (1.0 - a_ts)
-    return (mean + var.sqrt() * _randn_like(x_t, generator)).to(x_t.dtype)
+    if noise is None:
+        noise = _randn_like(x_t, generator)
+    elif noise.shape != x_t.shape:
+        raise ValueError(f"noise shape {tuple(noise.shape)} != x_t shape {tuple(x_t.shape)}")
+    return (mean + var.sqrt() * noise.to(x_t.device, torch.float32)).to(x_t.dtype)
 
 
 def ddim_step(
@@ -249,11 +266,12 @@ def posterior_step(
     alphas_cumprod: torch.Tensor,
     kind: StepKind = "ddpm",
     generator: Generators = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """x_{t_prev} from x_t toward x0 with the chosen step ("ddpm": stochastic posterior, "ddim": eta 0).
-    `generator`: one for the batch or one per batch element."""
+    `generator`: one for the batch or one per batch element; `noise`: DDPM's noise, drawn from it beforehand."""
     if kind == "ddpm":
-        return ddpm_posterior_step(x_t, x0, t, t_prev, alphas_cumprod, generator)
+        return ddpm_posterior_step(x_t, x0, t, t_prev, alphas_cumprod, generator, noise)
     if kind == "ddim":
         return ddim_step(x_t, x0, t, t_prev, alphas_cumprod)
     raise ValueError(f'posterior step kind must be "ddpm" or "ddim", got {kind!r}')

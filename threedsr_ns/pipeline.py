@@ -21,9 +21,10 @@ and the SR targets are bit-identical to N = 1's.
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Literal, Optional, Type
+from typing import Dict, Iterable, List, Literal, Optional, Tuple, Type
 
 import torch
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
@@ -36,7 +37,7 @@ from threedsr_ns.colorfix import bicubic_upsample
 from threedsr_ns.datamanager import ThreeDSRDataManager, ThreeDSRDataManagerConfig
 from threedsr_ns.detail_consistency import hf_energy_ratio
 from threedsr_ns.distributed import GuidanceGroup, check_guidance_devices
-from threedsr_ns.guidance import view_generators
+from threedsr_ns.guidance import predraw_posterior_noise, view_generators
 from threedsr_ns.model import ThreeDSRModel, ThreeDSRModelConfig, eval_mode
 from threedsr_ns.phases import PhaseSchedule
 from threedsr_ns.preflight import preflight
@@ -115,6 +116,11 @@ class ThreeDSRPipelineConfig(VanillaPipelineConfig):
         return PhaseSchedule(self.warmup_iters, self.denoise_steps, self.phase_iters)
 
 
+PREDRAW_NOISE_MAX_BYTES = 4 << 30
+"""Largest posterior noise (float32, all views) drawn ahead of its step and held in host memory meanwhile (fox's 43
+views at 1076x1916: 1.06 GB)."""
+
+
 class ThreeDSRPipeline(VanillaPipeline):
     config: ThreeDSRPipelineConfig
     datamanager: ThreeDSRDataManager
@@ -145,6 +151,13 @@ class ThreeDSRPipeline(VanillaPipeline):
         """The 3DSR panel of the viewer (training only); an nn.Module so nerfstudio's viewer finds its elements."""
         self.guidance_group: Optional[GuidanceGroup] = None
         """The worker processes of --pipeline.guidance-devices > 1 (threedsr_ns.distributed), until the last step."""
+        self.predraw_noise = torch.device(self.device).type == "cuda"
+        """Draw each later step's DDPM posterior noise on a background thread during the HR phase before it: the same
+        numbers (its views' CPU generators), off the step's time. On by default on CUDA, where the CPU cores idle
+        while 3DGS trains; on the CPU they would compete with the training."""
+        self._noise_ahead: Optional[Tuple[int, Future]] = None
+        """(step k, the future of `predraw_posterior_noise` for it)."""
+        self._noise_pool: Optional[ThreadPoolExecutor] = None
         if test_mode == "val":  # training: load (and check) the SR model now, not after a 30k-step warm-up
             check_guidance_devices(config.guidance_devices, self.device)
             self.backend = make_backend(**backend_kwargs(config), device=self.device)
@@ -242,6 +255,10 @@ class ThreeDSRPipeline(VanillaPipeline):
         if k == cfg.denoise_steps or cfg.mode == "per-frame" or not backend.is_diffusion:  # no sampler step is left
             self.close_guidance_group()
             self.latents = None  # nothing reads x_t again: free it, and keep it out of the checkpoints
+            if self._noise_pool is not None:
+                self._noise_pool.shutdown(wait=False)
+                self._noise_pool = None
+        self._draw_noise_ahead(k + 1)
         self.model.start_hr_phase(step, cfg.phase_iters)
         self._restart_lr_schedules()
         self.guidance_log.append({"step": k, "iteration": step, **timer.seconds})
@@ -282,12 +299,36 @@ class ThreeDSRPipeline(VanillaPipeline):
                 start_mode=cfg.start_latents, posterior=cfg.posterior, color_fix=cfg.color_fix, latents=self.latents,
                 toward=toward, timer=timer)
         else:
-            generators = view_generators(cfg.guidance_seed, k, range(lr.shape[0]))  # one per view
+            with timer("noise"):  # waits for the draw if it has not finished during the phase
+                generators, noise = self._take_noise_ahead(k, lr.shape[0])
+            if generators is None:
+                generators = view_generators(cfg.guidance_seed, k, range(lr.shape[0]))  # one per view
             x_t, sr = sampler_step(self.backend, self.timesteps, k, lr, lr_up, generators,
                                    start_mode=cfg.start_latents, posterior=cfg.posterior, color_fix=cfg.color_fix,
-                                   latents=self.latents, toward=toward, timer=timer)
+                                   latents=self.latents, toward=toward, noise=noise, timer=timer)
         self.latents = x_t.float()
         return sr
+
+    def _draw_noise_ahead(self, k: int) -> None:
+        """Start drawing step k's posterior noise on a background thread (`predraw_noise`), when step k will draw it
+        in this process: a DDPM posterior step from the latents held now, below PREDRAW_NOISE_MAX_BYTES."""
+        cfg, latents = self.config, self.latents
+        if (not self.predraw_noise or latents is None or k > cfg.denoise_steps or cfg.posterior != "ddpm"
+                or self.guidance_group is not None or latents.numel() * 4 > PREDRAW_NOISE_MAX_BYTES):
+            return
+        if self._noise_pool is None:
+            self._noise_pool = ThreadPoolExecutor(1, thread_name_prefix="3dsr-noise")
+        pin = latents.device.type == "cuda"  # the step copies it to the GPU
+        self._noise_ahead = (k, self._noise_pool.submit(predraw_posterior_noise, cfg.guidance_seed, k,
+                                                        range(latents.shape[0]), tuple(latents.shape), pin))
+
+    def _take_noise_ahead(self, k: int, views: int) -> Tuple[Optional[List[torch.Generator]], Optional[torch.Tensor]]:
+        """(generators, noise) drawn ahead for step k, or (None, None) when none was (or it was for another step)."""
+        ahead, self._noise_ahead = self._noise_ahead, None
+        if ahead is None or ahead[0] != k:
+            return None, None
+        generators, noise = ahead[1].result()
+        return (generators, noise) if len(generators) == views else (None, None)
 
     def final_artifacts_callback(self, step: int) -> None:
         if step == self.schedule.total_iterations - 1 and self.steps_done > 0:

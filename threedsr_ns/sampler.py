@@ -40,6 +40,7 @@ def sampler_step(backend, timesteps: Sequence[int], k: int, lr: torch.Tensor, lr
                  start_mode: guidance.StartMode = "noised_lr", posterior: guidance.StepKind = "ddpm",
                  color_fix: bool = True,
                  latents: Optional[torch.Tensor] = None, toward: Optional[torch.Tensor] = None,
+                 noise: Optional[torch.Tensor] = None,
                  timer: Optional[Callable[[str], ContextManager]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Step k (1-based) for a batch of views: (x_{t_k}, colour-fixed SR images [B, 3, sH, sW]).
 
@@ -47,7 +48,8 @@ def sampler_step(backend, timesteps: Sequence[int], k: int, lr: torch.Tensor, lr
     `latents` (x_{t_(k-1)}) and `toward` (images whose encoding is the clean latent), unless the backend is not a
     diffusion model (it ignores x_t: every step starts afresh). `timer(name)` times the parts (encode; noise: the
     start or posterior step with its noise draws; denoise; decode). `generator`: one for the batch, or one per view
-    (see the module docstring)."""
+    (see the module docstring). `noise` (k > 1, DDPM posterior): that step's noise already drawn from the per-view
+    generators, which come advanced past it (guidance.predraw_posterior_noise); default drawn in the step."""
     if generator is not None and not isinstance(generator, torch.Generator) and len(generator) != lr.shape[0]:
         raise ValueError(f"{len(generator)} generators for {lr.shape[0]} views: pass one generator, or one per view")
     section = timer or (lambda name: nullcontext())
@@ -70,7 +72,7 @@ def sampler_step(backend, timesteps: Sequence[int], k: int, lr: torch.Tensor, lr
             x0_target = backend.encode(toward)
         with section("noise"):
             x_t = guidance.posterior_step(latents.to(lr.device).float(), x0_target, timesteps[k - 2], t,
-                                          backend.alphas_cumprod, generator=generator, kind=posterior)
+                                          backend.alphas_cumprod, generator=generator, kind=posterior, noise=noise)
     with section("denoise"):
         x0 = _predict_x0(backend, x_t, t, lr, generator)
     with section("decode"):
