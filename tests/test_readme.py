@@ -129,6 +129,12 @@ def test_guidance_step_figures_match_their_json():
     assert (f"denoising is slower, {last['fern']['step1']['denoise']:.2f} s (fern) and "
             f"{last['fox']['step1']['denoise']:.2f} s (fox)") in README_FLAT
     assert all(last[scene]["step1"]["denoise"] > now[scene]["step1"]["denoise"] for scene in ("fern", "fox"))
+    ahead = cases("-tile1024-predraw")
+    assert ahead["predraw_noise"] and ahead["tile_size"] == 1024
+    fern, fox = ahead["cases"]["fern"], ahead["cases"]["fox"]
+    assert (f"step 2's noise part takes {fern['step2']['noise']:.3f} s (fern) and {fox['step2']['noise']:.3f} s (fox) "
+            f"instead of the {fern['step1']['noise']:.2f} / {fox['step1']['noise']:.2f} s of a draw in the step, and "
+            f"the whole step {fern['step2']['step']:.2f} s and {fox['step2']['step']:.2f} s") in " ".join(README.split())
 
 
 def test_cost_prose_figures_match_the_runs_they_come_from():
