@@ -114,7 +114,8 @@ def main() -> None:
         backend.use_channels_last(args.channels_last)
     backend.to(args.device)
     timesteps = backend.denoise_timesteps(args.denoise_steps, None)
-    device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else platform.processor()
+    cuda = args.device.startswith("cuda")
+    device_name = torch.cuda.get_device_name(args.device) if cuda else platform.processor()
     result = {"backend": backend.name, "device": device_name, "batch_size": args.batch_size, "scale": args.scale,
               "timesteps": list(timesteps), "repeats": args.repeats,
               "tile_size": getattr(backend, "tile_size", None), "tile_overlap": getattr(backend, "tile_overlap", None),
@@ -122,7 +123,6 @@ def main() -> None:
               "cases": {}}
     for name, views, width, height in cases:
         print(f"{name}: {views} views at {width}x{height} -> {args.scale * width}x{args.scale * height}", flush=True)
-        cuda = args.device.startswith("cuda")
         if cuda:
             torch.cuda.reset_peak_memory_stats(args.device)
         result["cases"][name] = {"views": views, "lr_size": [width, height],

@@ -10,6 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 README_FLAT = README.replace("\n", " ")
 """The README with its lines joined, for figures quoted in prose that may wrap."""
+README_WORDS = " ".join(README.split())
+"""The README with every run of whitespace one space, for figures in list items (they wrap with an indent)."""
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -134,19 +136,18 @@ def test_guidance_step_figures_match_their_json():
     fern, fox = ahead["cases"]["fern"], ahead["cases"]["fox"]
     assert (f"step 2's noise part takes {fern['step2']['noise']:.3f} s (fern) and {fox['step2']['noise']:.3f} s (fox) "
             f"instead of the {fern['step1']['noise']:.2f} / {fox['step1']['noise']:.2f} s of a draw in the step, and "
-            f"the whole step {fern['step2']['step']:.2f} s and {fox['step2']['step']:.2f} s") in " ".join(README.split())
+            f"the whole step {fern['step2']['step']:.2f} s and {fox['step2']['step']:.2f} s") in README_WORDS
 
 
 def test_cost_prose_figures_match_the_runs_they_come_from():
     import re
 
-    readme = " ".join(README.split())  # list items wrap with an indent
     runs = json.loads((RESULTS / "scale-h200.json").read_text())["runs"]
     slow = runs["fox-x4-compact-isolated@paper-protocol-isolated-s9-png6"]
     fast = runs["fox-x4-compact-isolated@paper-protocol-isolated-s9-png1"]
     assert (f"its run took {slow['wall_s']:.0f} s, {slow['ratio_vs_no_diffusion']:.3f}× bicubic's (its png6 row); with "
             f"the fast encoding (its s9-png1 row), {fast['wall_s']:.0f} s and {fast['ratio_vs_no_diffusion']:.3f}×") \
-        in readme
+        in README_WORDS
 
     def logged(scene: str, part: str) -> list:  # the first two rows' runs: the 3dsr run's step lines of each log
         excerpt = (RESULTS / "paper-protocol-isolated-s10" / scene / "log-excerpt.txt").read_text()
@@ -158,4 +159,4 @@ def test_cost_prose_figures_match_the_runs_they_come_from():
     assert len(renders) == 6 and len(noise) == 10  # renders from step 2 on; noise: bicubic's step 1, 3dsr's 4
     assert (f"{fern[0]:.2f}–{fern[-1]:.2f} s of denoising fern's 17 views and {fox[0]:.2f}–{fox[-1]:.2f} s for fox's 43, "
             f"{min(noise):.2f}–{max(noise):.2f} s of drawing the noise and {min(renders):.2f}–{max(renders):.2f} s of "
-            "renders") in readme
+            "renders") in README_WORDS
