@@ -4,6 +4,7 @@ part with the pipeline's own timer, for a given number of views at a given LR si
     python scripts/benchmark_guidance.py --case fern=17x504x378 fox=43x269x479 \
         --json benchmarks/results/guidance-step-h200.json          # the paper-protocol fern and the fox capture
     python scripts/benchmark_guidance.py --tile-size 1024 --json ...  # the compact prior on larger tiles
+    python scripts/benchmark_guidance.py --backend sd-x4-upscaler-random --tile-size 1024 --json ...  # SD x4 VAE tiles
     python scripts/benchmark_guidance.py --channels-last False --json ...  # in the contiguous memory format
     python scripts/benchmark_guidance.py --predraw-noise --json ...   # step 2's noise drawn ahead, as in the pipeline
 
@@ -46,8 +47,10 @@ class Args:
     denoise_steps: int = 4
     repeats: int = 3
     tile_size: Optional[int] = None
-    """The compact prior's denoising tile side (HR pixels); default the backend's."""
+    """HR pixels per tile side, as --pipeline.sr-tile-size (the compact prior's denoising tiles, the SD x4's VAE
+    tiles); default the backend's; 0 never tiles."""
     tile_overlap: Optional[int] = None
+    """The compact prior's denoising tile overlap (HR pixels); default the backend's."""
     channels_last: Optional[bool] = None
     """The compact prior's memory format: True channels-last, False contiguous; default the backend's (contiguous)."""
     predraw_noise: bool = False
@@ -101,13 +104,16 @@ def time_case(backend, timesteps, views: int, width: int, height: int, args: Arg
 def main() -> None:
     args = tyro.cli(Args, description=__doc__)
     cases = [parse_case(c) for c in args.case]
-    backend = make_backend(args.backend, device=args.device, batch_size=args.batch_size, scale=args.scale)
+    backend = make_backend(args.backend, device=args.device, batch_size=args.batch_size, scale=args.scale,
+                           tile_size=args.tile_size)
     backend.check_scale(args.scale)
-    for name in ("tile_size", "tile_overlap"):
-        if getattr(args, name) is not None:
-            if not hasattr(backend, name):
-                raise SystemExit(f"--{name.replace('_', '-')}: the {backend.name} backend does not tile its denoising")
-            setattr(backend, name, getattr(args, name))
+    tile_attr = next((name for name in ("tile_size", "vae_tile_size") if hasattr(backend, name)), None)
+    if args.tile_size is not None and tile_attr is None:
+        raise SystemExit(f"--tile-size: the {backend.name} backend does not tile")
+    if args.tile_overlap is not None:
+        if not hasattr(backend, "tile_overlap"):
+            raise SystemExit(f"--tile-overlap: the {backend.name} backend has no denoising tiles")
+        backend.tile_overlap = args.tile_overlap
     if args.channels_last is not None:
         if not hasattr(backend, "use_channels_last"):
             raise SystemExit(f"--channels-last: the {backend.name} backend has no memory-format choice")
@@ -118,7 +124,8 @@ def main() -> None:
     device_name = torch.cuda.get_device_name(args.device) if cuda else platform.processor()
     result = {"backend": backend.name, "device": device_name, "batch_size": args.batch_size, "scale": args.scale,
               "timesteps": list(timesteps), "repeats": args.repeats,
-              "tile_size": getattr(backend, "tile_size", None), "tile_overlap": getattr(backend, "tile_overlap", None),
+              "tile_size": getattr(backend, tile_attr) if tile_attr else None,
+              "tile_overlap": getattr(backend, "tile_overlap", None),
               "channels_last": getattr(backend, "channels_last", None), "predraw_noise": args.predraw_noise,
               "cases": {}}
     for name, views, width, height in cases:

@@ -17,14 +17,14 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 def test_each_case_gets_both_steps_timed_part_by_part(tmp_path: Path):
     out = tmp_path / "guidance.json"
-    result = run("--case", "small=3x24x20", "wide=2x40x16", "--repeats", "1", "--tile-size", "64",
+    result = run("--case", "small=3x40x36", "wide=2x40x16", "--repeats", "1", "--tile-size", "128",
                  "--tile-overlap", "16", "--channels-last", "True", "--predraw-noise", "--json", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     table = json.loads(out.read_text())
     assert table["backend"] == "compact" and table["timesteps"] == [999, 749, 499, 249]
-    assert (table["tile_size"], table["tile_overlap"]) == (64, 16)  # 96x80 and 160x64: several tiles each
+    assert (table["tile_size"], table["tile_overlap"]) == (128, 16)  # 160x144 and 160x64: several tiles each
     assert table["channels_last"] is True and table["predraw_noise"] is True  # asked for: both off by default
-    assert table["cases"]["small"]["sr_size"] == [96, 80] and table["cases"]["wide"]["views"] == 2
+    assert table["cases"]["small"]["sr_size"] == [160, 144] and table["cases"]["wide"]["views"] == 2
     for case in table["cases"].values():
         for step in ("step1", "step2"):
             parts = case[step]
@@ -38,3 +38,16 @@ def test_a_malformed_case_or_an_untiled_backend_is_one_line():
     result = run("--backend", "bicubic", "--tile-size", "64", "--case", "t=1x8x8")
     assert result.returncode != 0 and "bicubic backend does not tile" in result.stderr.strip().splitlines()[-1]
 
+
+
+def test_tile_size_reaches_the_sd_x4_vae_tiles(tmp_path: Path):
+    """--tile-size means what --pipeline.sr-tile-size means: for the SD x4 architecture, its VAE tiles."""
+    out = tmp_path / "sd.json"
+    result = run("--backend", "tiny-random", "--case", "t=2x24x20", "--repeats", "1", "--tile-size", "32",
+                 "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = json.loads(out.read_text())
+    assert table["backend"] == "tiny-random" and table["tile_size"] == 32  # the default is 512: no tiles at 96x80
+    assert table["tile_overlap"] is None and table["cases"]["t"]["step2"]["decode"] > 0
+    result = run("--backend", "tiny-random", "--tile-overlap", "8", "--case", "t=1x8x8")
+    assert result.returncode != 0 and "has no denoising tiles" in result.stderr.strip().splitlines()[-1]
