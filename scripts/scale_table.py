@@ -1,14 +1,15 @@
 """Issue 14's scale table: what 3dsr costs at the paper's size and on a real capture, from finished GPU runs.
 
-    R=benchmarks/results S9=$R/paper-protocol-isolated-s9 S10=$R/paper-protocol-isolated-s10
-    python scripts/scale_table.py --llff $S10/fern $S9-png1/fern $S9-png6/fern $R/paper-protocol-isolated/fern \
-        $R/paper-protocol-sd4-random-isolated/fern $R/paper-protocol/fern $R/paper-protocol/flower \
-        $R/paper-protocol-sd4-random/fern \
-        --fox $S10/fox $S9-png1/fox $S9-png6/fox $R/paper-protocol-isolated/fox \
+    R=benchmarks/results S9=$R/paper-protocol-isolated-s9 S10=$R/paper-protocol-isolated-s10 \
+        S11=$R/paper-protocol-isolated-s11
+    python scripts/scale_table.py --llff $S11/fern $S10/fern $S9-png1/fern $S9-png6/fern \
+        $R/paper-protocol-isolated/fern $R/paper-protocol-sd4-random-isolated/fern $R/paper-protocol/fern \
+        $R/paper-protocol/flower $R/paper-protocol-sd4-random/fern \
+        --fox $S11/fox $S10/fox $S9-png1/fox $S9-png6/fox $R/paper-protocol-isolated/fox \
         --fox-runs $R/paper-protocol-isolated/fox-per-frame \
-        --isolated $S10/fern $S9-png1/fern $S9-png6/fern $R/paper-protocol-isolated/fern \
-        $R/paper-protocol-sd4-random-isolated/fern $S10/fox $S9-png1/fox $S9-png6/fox $R/paper-protocol-isolated/fox \
-        $R/paper-protocol-isolated/fox-per-frame \
+        --isolated $S11/fern $S10/fern $S9-png1/fern $S9-png6/fern $R/paper-protocol-isolated/fern \
+        $R/paper-protocol-sd4-random-isolated/fern $S11/fox $S10/fox $S9-png1/fox $S9-png6/fox \
+        $R/paper-protocol-isolated/fox $R/paper-protocol-isolated/fox-per-frame \
         --fox-scores $R/fox-x4-shared-gpu-scores.json --device "NVIDIA H200" \
         --note "$(cat $R/scale-h200.note.txt)" --out $R/scale-h200   # the committed table
 

@@ -86,7 +86,7 @@ def test_small_protocol_table_matches_its_json():
 def test_scale_table_matches_its_json():
     runs = json.loads((RESULTS / "scale-h200.json").read_text())["runs"]
     rows = table_rows(r"(fern|flower|fox)-.*", 6)
-    assert len(rows) == len(runs) == 12
+    assert len(rows) == len(runs) == 14
 
     def ratio(value):
         return "n/a" if value is None else f"{value:.3f}x"
@@ -97,11 +97,11 @@ def test_scale_table_matches_its_json():
             "alone" if r["isolated"] else "shared", f"{r['wall_s']:.0f}", ratio(r["ratio_vs_no_diffusion"]),
             ratio(r["whole_run_ratio"]), f"{r['peak_gpu_mem_gb']:.1f}"], name
     fern, fox_whole = (runs[f"{scene}-compact-isolated"]["whole_run_ratio"] for scene in ("fern-paper", "fox-x4"))
-    before = {scene: runs[f"{scene}-compact-isolated@paper-protocol-isolated-s9-png1"]["whole_run_ratio"]
+    before = {scene: runs[f"{scene}-compact-isolated@paper-protocol-isolated-s10"]["whole_run_ratio"]
               for scene in ("fern-paper", "fox-x4")}
     assert fern <= 1.10 < fox_whole  # what the prose says of the target
-    assert f"meets it: {fern:.3f}× (session 9: {before['fern-paper']:.3f}×)" in README_FLAT
-    assert f"misses it by {fox_whole - 1.10:.3f}: {fox_whole:.3f}× (session 9: {before['fox-x4']:.3f}×)" in README_FLAT
+    assert f"meets it: {fern:.3f}× (session 10: {before['fern-paper']:.3f}×)" in README_FLAT
+    assert f"misses it by {fox_whole - 1.10:.4f}: {fox_whole:.4f}× (session 10: {before['fox-x4']:.4f}×)" in README_FLAT
     fox = runs["fox-x4-compact-isolated"]["metrics"]
     for method in ("3dsr", "bicubic", "per-frame"):
         assert f"{fox[method]['psnr']:.3f} dB / {fox[method]['lpips_alex']:.4f}" in README_FLAT, method
@@ -149,14 +149,33 @@ def test_cost_prose_figures_match_the_runs_they_come_from():
             f"the fast encoding (its s9-png1 row), {fast['wall_s']:.0f} s and {fast['ratio_vs_no_diffusion']:.3f}×") \
         in README_WORDS
 
-    def logged(scene: str, part: str) -> list:  # the first two rows' runs: the 3dsr run's step lines of each log
-        excerpt = (RESULTS / "paper-protocol-isolated-s10" / scene / "log-excerpt.txt").read_text()
-        return sorted(float(v) for v in re.findall(rf"\b{part} ([0-9.]+)s", excerpt) if float(v) > 0)
+    def logged(scene: str, part: str, step: str = "[1-4]") -> list:  # the first two rows' runs: the 3dsr run's steps
+        excerpt = (RESULTS / "paper-protocol-isolated-s11" / scene / "log-excerpt.txt").read_text()
+        run = excerpt[excerpt.index("backend 'compact'"):]  # after the bicubic run, which logs no denoising
+        return sorted(float(v) for v in re.findall(rf"denoise step {step} done:.*?\b{part} ([0-9.]+)s", run))
 
     fern, fox = logged("fern", "denoise"), logged("fox", "denoise")
-    assert len(fern) == len(fox) == 4  # the 3dsr run's 4 steps (the bicubic run logs no denoising)
-    noise, renders = (logged("fern", part) + logged("fox", part) for part in ("noise", "render"))
-    assert len(renders) == 6 and len(noise) == 10  # renders from step 2 on; noise: bicubic's step 1, 3dsr's 4
+    assert len(fern) == len(fox) == 4 and min(fern) > 0
+    first = [logged(scene, "noise", "1")[0] for scene in ("fern", "fox")]
+    later = logged("fern", "noise", "[2-4]") + logged("fox", "noise", "[2-4]")
+    renders = logged("fern", "render") + logged("fox", "render")
+    assert len(renders) == len(later) == 6  # from step 2 on
     assert (f"{fern[0]:.2f}–{fern[-1]:.2f} s of denoising fern's 17 views and {fox[0]:.2f}–{fox[-1]:.2f} s for fox's 43, "
-            f"{min(noise):.2f}–{max(noise):.2f} s of drawing the noise and {min(renders):.2f}–{max(renders):.2f} s of "
-            "renders") in README_WORDS
+            f"{first[0]:.2f} / {first[1]:.2f} s of drawing step 1's start noise (fern / fox), {min(later):.2f}–"
+            f"{max(later):.2f} s for each later step's noise, drawn ahead, and {min(renders):.2f}–{max(renders):.2f} s "
+            "of renders") in README_WORDS
+    assert max(later) < min(first) / 10  # drawn ahead: the steps no longer wait for it
+
+
+def test_sd_x4_vae_tile_figures_match_their_json():
+    from threedsr_ns.backends.sd_upscaler import DEFAULT_VAE_TILE_SIZE
+
+    steps, peaks = [], []
+    for tile in (256, 512, 1024):
+        r = json.loads((RESULTS / f"guidance-step-h200-sd4-tile{tile}.json").read_text())
+        assert (r["backend"], r["tile_size"]) == ("sd-x4-upscaler-random", tile)
+        steps.append(r["cases"]["fern"]["step2"]["step"])
+        peaks.append(r["cases"]["fern"]["peak_gpu_mem_gb"])
+    assert (f"a step takes {steps[0]:.2f} s with 256 px tiles, {steps[1]:.2f} s with 512 and {steps[2]:.2f} s with "
+            f"1024, at a peak of {peaks[0]:.1f}, {peaks[1]:.1f} and {peaks[2]:.1f} GB") in README_WORDS
+    assert DEFAULT_VAE_TILE_SIZE == 256 and steps[0] == min(steps)  # the default is the fastest measured

@@ -10,9 +10,9 @@ What the pipeline does, and what is kept here (diffusers' pipeline_stable_diffus
   runs only when guidance_scale > 1 and the prompt differs from the negative prompt.
 - The VAE stays in float32 when the UNet runs in float16 (its decoder overflows in half precision;
   the pipeline upcasts it too).
-- HR images larger than `vae_tile_size` (default 512 px, either side) are encoded and decoded with
+- HR images larger than `vae_tile_size` (default 256 px, either side) are encoded and decoded with
   diffusers' own AutoencoderKL tiling (overlapping tiles, 25% blended overlap), so memory does not
-  grow with the image (2016x1512 decodes in 6x4 tiles); the UNet runs on the whole LR grid.
+  grow with the image (2016x1512 decodes in 11x8 tiles); the UNet runs on the whole LR grid.
 What is not kept: the pipeline's sampling loop (3DSR drives the sampler itself, see
 threedsr_ns.guidance), its resizing of the LR image to a multiple of 4 (the UNet handles any
 size), and `scale_model_input` (the identity for this model's DDIM scheduler).
@@ -44,8 +44,12 @@ logger = logging.getLogger(__name__)
 
 PROMPT_EMBEDS_FILE = "prompt_embeds.safetensors"
 DEFAULT_NOISE_LEVEL = x4_config.DEFAULT_NOISE_LEVEL
-DEFAULT_VAE_TILE_SIZE = 512
-"""HR pixels per VAE tile side; larger images are encoded / decoded in tiles (None or 0: never)."""
+DEFAULT_VAE_TILE_SIZE = 256
+"""HR pixels per VAE tile side; larger images are encoded / decoded in tiles (None or 0: never). 256 is the VAE
+config's sample_size, the tile diffusers' `enable_tiling` would use, and the fastest measured: a guidance step of
+fern's 17 views at 2016x1512 took 15.2 s with 256 px tiles, 20.1 s with 512 and 38.4 s with 1024, at the same peak
+GPU memory for 256 and 512 (the VAE's attention grows with the tile's square; H200, the architecture with random
+weights, benchmarks/results/guidance-step-h200-sd4-tile{256,512,1024}.json)."""
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
