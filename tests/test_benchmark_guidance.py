@@ -39,7 +39,6 @@ def test_a_malformed_case_or_an_untiled_backend_is_one_line():
     assert result.returncode != 0 and "bicubic backend does not tile" in result.stderr.strip().splitlines()[-1]
 
 
-
 def test_tile_size_reaches_the_sd_x4_vae_tiles(tmp_path: Path):
     """--tile-size means what --pipeline.sr-tile-size means: for the SD x4 architecture, its VAE tiles."""
     out = tmp_path / "sd.json"
@@ -47,7 +46,7 @@ def test_tile_size_reaches_the_sd_x4_vae_tiles(tmp_path: Path):
                  "--json", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     table = json.loads(out.read_text())
-    assert table["backend"] == "tiny-random" and table["tile_size"] == 32  # the default is 512: no tiles at 96x80
+    assert table["backend"] == "tiny-random" and table["tile_size"] == 32  # the default (256) would not tile 96x80
     assert table["tile_overlap"] is None and table["cases"]["t"]["step2"]["decode"] > 0
     result = run("--backend", "tiny-random", "--tile-overlap", "8", "--case", "t=1x8x8")
     assert result.returncode != 0 and "has no denoising tiles" in result.stderr.strip().splitlines()[-1]

@@ -101,7 +101,8 @@ def test_scale_table_matches_its_json():
               for scene in ("fern-paper", "fox-x4")}
     assert fern <= 1.10 < fox_whole  # what the prose says of the target
     assert f"meets it: {fern:.3f}× (session 10: {before['fern-paper']:.3f}×)" in README_FLAT
-    assert f"misses it by {fox_whole - 1.10:.4f}: {fox_whole:.4f}× (session 10: {before['fox-x4']:.4f}×)" in README_FLAT
+    assert (f"misses it by {fox_whole - 1.10:.4f}: {fox_whole:.4f}× (session 10: {before['fox-x4']:.4f}×)"
+            in README_FLAT)
     fox = runs["fox-x4-compact-isolated"]["metrics"]
     for method in ("3dsr", "bicubic", "per-frame"):
         assert f"{fox[method]['psnr']:.3f} dB / {fox[method]['lpips_alex']:.4f}" in README_FLAT, method
@@ -162,8 +163,8 @@ def test_cost_prose_figures_match_the_runs_they_come_from():
     assert len(renders) == len(later) == 6  # from step 2 on
     assert (f"{fern[0]:.2f}–{fern[-1]:.2f} s of denoising fern's 17 views and {fox[0]:.2f}–{fox[-1]:.2f} s for fox's 43, "
             f"{first[0]:.2f} / {first[1]:.2f} s of drawing step 1's start noise (fern / fox), {min(later):.2f}–"
-            f"{max(later):.2f} s for each later step's noise, drawn ahead, and {min(renders):.2f}–{max(renders):.2f} s "
-            "of renders") in README_WORDS
+            f"{max(later):.2f} s for each later step's noise, drawn ahead, and {min(renders):.2f}–"
+            f"{max(renders):.2f} s of renders") in README_WORDS
     assert max(later) < min(first) / 10  # drawn ahead: the steps no longer wait for it
 
 

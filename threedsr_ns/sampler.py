@@ -47,9 +47,10 @@ def sampler_step(backend, timesteps: Sequence[int], k: int, lr: torch.Tensor, lr
     lr [B, 3, h, w] and lr_up (its bicubic upsampling) in [0, 1]; the step works on lr's device. k > 1 needs
     `latents` (x_{t_(k-1)}) and `toward` (images whose encoding is the clean latent), unless the backend is not a
     diffusion model (it ignores x_t: every step starts afresh from the clean encoding, and no noise is drawn).
-    `timer(name)` times the parts (encode; noise: the start or posterior step with its noise draws; denoise; decode). `generator`: one for the batch, or one per view
-    (see the module docstring). `noise` (k > 1, DDPM posterior): that step's noise already drawn from the per-view
-    generators, which come advanced past it (guidance.predraw_posterior_noise); default drawn in the step."""
+    `timer(name)` times the parts (encode; noise: the start or posterior step with its noise draws; denoise;
+    decode). `generator`: one for the batch, or one per view (see the module docstring). `noise` (k > 1, DDPM
+    posterior): that step's noise already drawn from the per-view generators, which come advanced past it
+    (guidance.predraw_posterior_noise); default drawn in the step."""
     if generator is not None and not isinstance(generator, torch.Generator) and len(generator) != lr.shape[0]:
         raise ValueError(f"{len(generator)} generators for {lr.shape[0]} views: pass one generator, or one per view")
     section = timer or (lambda name: nullcontext())

@@ -47,7 +47,7 @@ DEFAULT_NOISE_LEVEL = x4_config.DEFAULT_NOISE_LEVEL
 DEFAULT_VAE_TILE_SIZE = 256
 """HR pixels per VAE tile side; larger images are encoded / decoded in tiles (None or 0: never). 256 is the VAE
 config's sample_size, the tile diffusers' `enable_tiling` would use, and the fastest measured: a guidance step of
-fern's 17 views at 2016x1512 took 15.2 s with 256 px tiles, 20.1 s with 512 and 38.4 s with 1024, at the same peak
+fern's 17 views at 2016x1512 took 15.05 s with 256 px tiles, 20.03 s with 512 and 38.30 s with 1024, at the same peak
 GPU memory for 256 and 512 (the VAE's attention grows with the tile's square; H200, the architecture with random
 weights, benchmarks/results/guidance-step-h200-sd4-tile{256,512,1024}.json)."""
 
