@@ -167,6 +167,19 @@ def test_cost_prose_figures_match_the_runs_they_come_from():
             f"{max(renders):.2f} s of renders") in README_WORDS
     assert max(later) < min(first) / 10  # drawn ahead: the steps no longer wait for it
 
+    def baseline_noise(scene: str) -> float:  # what the bicubic run (before the 3dsr run) spent drawing unused noise
+        excerpt = (RESULTS / "paper-protocol-isolated-s11" / scene / "log-excerpt.txt").read_text()
+        bicubic = excerpt[:excerpt.index("backend 'compact'")]
+        (value,) = re.findall(r"denoise step 1 done: noise ([0-9.]+)s", bicubic)
+        return float(value)
+
+    fern_noise, fox_noise = baseline_noise("fern"), baseline_noise("fox")
+    fox_run = json.loads((RESULTS / "paper-protocol-isolated-s11" / "fox" / "compare.json").read_text())
+    warm, wall = fox_run["warmup"]["wall_s"], {m: v["wall_s"] for m, v in fox_run["methods"].items()}
+    estimate = (wall["3dsr"] + warm) / (wall["bicubic"] - fox_noise + warm)
+    assert (f"({fox_noise:.2f} s on fox, {fern_noise:.2f} s on fern, in their logs)" in README_WORDS
+            and f"fox's ratio would be about {estimate:.3f}×" in README_WORDS)
+
 
 def test_sd_x4_vae_tile_figures_match_their_json():
     from threedsr_ns.backends.sd_upscaler import DEFAULT_VAE_TILE_SIZE
