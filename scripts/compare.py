@@ -90,6 +90,10 @@ class Args:
     training process keeps an H100 only ~10% busy (its iterations are bound by Python and kernel launches), so
     methods run side by side nearly for free; start CUDA MPS first (`nvidia-cuda-mps-control -d`) for the full
     gain. Each process gets cpu_count / jobs CPU threads unless OMP_NUM_THREADS is set."""
+    separate_processes: bool = False
+    """Train and score every method in a fresh process of its own (spawned; one at a time with --jobs 1), as
+    separate `ns-train` runs are: each method's wall time then starts from the same state, not from whatever the
+    methods before it left in the process (imports, CUDA caches, garbage). The cost tables' timings use it."""
 
 
 def train(method: str, args: Args, warmup_checkpoint: Optional[Path] = None) -> Tuple[Path, Dict[str, Optional[float]]]:
@@ -139,12 +143,19 @@ def _in_worker(threads: int, method: str, args: Args, warmup_checkpoint: Optiona
     return train_and_score(method, args, warmup_checkpoint)
 
 
+def method_pool(args: Args) -> ProcessPoolExecutor:
+    """--jobs spawned worker processes (CUDA cannot be forked); with --separate-processes each worker trains one
+    method and exits, so that the next method starts in a fresh process."""
+    return ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                               max_tasks_per_child=1 if args.separate_processes else None)
+
+
 def train_and_score_in_parallel(args: Args, warmup_checkpoint: Optional[Path]) -> Iterator[Tuple[str, Path, dict]]:
-    """Each method in a process of its own (spawned: CUDA cannot be forked), yielded as it finishes. A method that
-    fails is reported at the end, after the others have been scored."""
+    """Each method in a worker process (`method_pool`), yielded as it finishes. A method that fails is reported at
+    the end, after the others have been scored."""
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     failed = []
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with method_pool(args) as pool:
         futures = {pool.submit(_in_worker, threads, m, args, warmup_checkpoint): m for m in args.methods}
         for future in as_completed(futures):
             try:
@@ -230,7 +241,7 @@ def main() -> None:
         save_shared_geometry(warmup_config, args.data, args.out / GEOMETRY_FILE)
     configs: Dict[str, Path] = {}
     results: Dict[str, dict] = {}
-    if args.jobs > 1:
+    if args.jobs > 1 or args.separate_processes:
         finished = train_and_score_in_parallel(args, warmup)
     else:
         finished = ((m, *train_and_score(m, args, warmup)) for m in args.methods)

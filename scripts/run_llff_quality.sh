@@ -8,7 +8,8 @@
 #   bash scripts/run_llff_quality.sh start WORK N0 M "METHODS" SCENE_DIR...   # returns at once; WORK/<scene>.log
 #   COMPARE_ARGS="--v2-model-path DIR" bash scripts/run_llff_quality.sh start ...   # more compare.py options
 #   ISOLATED=1 bash scripts/run_llff_quality.sh start ...   # timings: one training process on the GPU at a time
-#                                     # (compare.py --jobs 1, the scenes one after another, no MPS)
+#                                     # (compare.py --jobs 1 --separate-processes: each method in a fresh process,
+#                                     # one after another; the scenes one after another, no MPS)
 #   WAIT_FOR=OTHER_WORK/all.done bash scripts/run_llff_quality.sh start ...   # begin once another job has ended
 #
 # A scene folder may appear only later (carried by a later device call): its job waits for <scene>/split.json.
@@ -30,8 +31,9 @@ shift 2
 case "$cmd" in
   start)
     warmup=$1 phase=$2 methods=$3
-    jobs=$(wc -w <<< "$methods") background="&"
-    [ -n "${ISOLATED:-}" ] && jobs=1 background=""  # the scenes in sequence, each method alone
+    jobs=$(wc -w <<< "$methods") background="&" separate=""
+    [ -n "${ISOLATED:-}" ] && jobs=1 background="" separate="--separate-processes"  # the scenes in sequence, each
+    # method alone in a fresh process
     shift 3
     work=$(realpath -m "$work")
     code="$work/code" repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -46,7 +48,7 @@ case "$cmd" in
         (until [ -f '$data/split.json' ]; do sleep 5; done
         start=\$(date +%s)
         python3 scripts/compare.py --data '$data' --out '$work/$scene' --backend compact --jobs $jobs --crop 256 \
-          --warmup-iters $warmup --phase-iters $phase --methods $methods ${COMPARE_ARGS:-} > '$work/$scene.log' 2>&1
+          --warmup-iters $warmup --phase-iters $phase --methods $methods $separate ${COMPARE_ARGS:-} > '$work/$scene.log' 2>&1
         run=\$(dirname \$(find '$work/$scene/runs' -path '*/3dsr/config.yml' | head -1))
         [ -f \$run/config.yml ] && cp \$run/contact_sheet_*.png '$work/$scene/'
         echo \"scene $scene done in \$(( \$(date +%s) - start )) s\" >> '$work/$scene.log'

@@ -116,6 +116,17 @@ def test_a_compare_run_cut_short_keeps_the_methods_already_scored(tiny_fern: Pat
     assert "| per-frame |" in table and "| 3dsr |" not in table
 
 
+def test_separate_processes_give_every_method_a_fresh_process(tmp_path: Path, monkeypatch):
+    # the cost tables' timings: each method starts in a new process, as separate ns-train runs do, not in one that
+    # earlier methods have warmed up (or left garbage in); without the option one worker serves every method
+    module = load_script(SCRIPT, "compare_script", monkeypatch)
+    for separate, expect_fresh in ((True, True), (False, False)):
+        args = module.Args(data=tmp_path, out=tmp_path, jobs=1, separate_processes=separate)
+        with module.method_pool(args) as pool:
+            pids = [pool.submit(os.getpid).result() for _ in range(3)]
+        assert (len(set(pids)) == 3) is expect_fresh and os.getpid() not in pids, (separate, pids)
+
+
 def test_methods_side_by_side_one_failing_keeps_the_others_scores(tiny_fern: Path, tmp_path: Path):
     # --jobs: a method whose process fails (here: the SD x4 model is not on disk and the hub is off) is named
     # with its error once the others have been scored, and the table holds those others
