@@ -1,23 +1,25 @@
 """Issue 14's scale table: what 3dsr costs at the paper's size and on a real capture, from finished GPU runs.
 
     R=benchmarks/results S9=$R/paper-protocol-isolated-s9 S10=$R/paper-protocol-isolated-s10 \
-        S11=$R/paper-protocol-isolated-s11
-    python scripts/scale_table.py --llff $S11/fern $S10/fern $S9-png1/fern $S9-png6/fern \
+        S11=$R/paper-protocol-isolated-s11 S12=$R/paper-protocol-isolated-s12
+    python scripts/scale_table.py --llff $S12/fern $S11/fern $S10/fern $S9-png1/fern $S9-png6/fern \
         $R/paper-protocol-isolated/fern $R/paper-protocol-sd4-random-isolated/fern $R/paper-protocol/fern \
         $R/paper-protocol/flower $R/paper-protocol-sd4-random/fern \
-        --fox $S11/fox $S10/fox $S9-png1/fox $S9-png6/fox $R/paper-protocol-isolated/fox \
+        --fox $S12/fox $S11/fox $S10/fox $S9-png1/fox $S9-png6/fox $R/paper-protocol-isolated/fox \
         --fox-runs $R/paper-protocol-isolated/fox-per-frame \
-        --isolated $S11/fern $S10/fern $S9-png1/fern $S9-png6/fern $R/paper-protocol-isolated/fern \
-        $R/paper-protocol-sd4-random-isolated/fern $S11/fox $S10/fox $S9-png1/fox $S9-png6/fox \
+        --isolated $S12/fern $S11/fern $S10/fern $S9-png1/fern $S9-png6/fern $R/paper-protocol-isolated/fern \
+        $R/paper-protocol-sd4-random-isolated/fern $S12/fox $S11/fox $S10/fox $S9-png1/fox $S9-png6/fox \
         $R/paper-protocol-isolated/fox $R/paper-protocol-isolated/fox-per-frame \
         --fox-scores $R/fox-x4-shared-gpu-scores.json --device "NVIDIA H200" \
         --note "$(cat $R/scale-h200.note.txt)" --out $R/scale-h200   # the committed table
 
-Reads scripts/compare.py's <folder>/compare.json of each run (each method's wall time and peak GPU memory, measured in
-its own process, and the shared warm-up's), writes <out>.json and <out>.md. Per run:
+Reads scripts/compare.py's <folder>/compare.json of each run (each method's wall time and peak GPU memory, measured by
+the process that trained it, and the shared warm-up's), writes <out>.json and <out>.md. Per run:
 ratio_vs_no_diffusion = 3dsr's wall time / the bicubic run's, both from the warm-up checkpoint on (the same schedule
 and 3DGS work, no SR model); whole_run_ratio counts the shared LR warm-up in both. --isolated names the folders whose
-methods ran one process at a time on the GPU (run_llff_quality.sh with ISOLATED=1); the others shared it.
+methods ran one process at a time on the GPU (run_llff_quality.sh with ISOLATED=1: since session 12 each method in
+a fresh process of its own, compare.py --separate-processes; before, one after another in the warm-up's process); the
+others shared it.
 The fox capture's row also holds each method's quality against the original photos, with its wall time and peak GPU
 memory: from --fox, then from the --fox-runs folders and the --fox-scores JSON (runs with their own warm-up). A
 method found in more than one is listed once per run (`other_runs`), since runs from different warm-ups differ.
