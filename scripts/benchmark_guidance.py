@@ -7,6 +7,7 @@ part with the pipeline's own timer, for a given number of views at a given LR si
     python scripts/benchmark_guidance.py --backend sd-x4-upscaler-random --tile-size 1024 --json ...  # SD x4 VAE tiles
     python scripts/benchmark_guidance.py --channels-last False --json ...  # in the contiguous memory format
     python scripts/benchmark_guidance.py --predraw-noise --json ...   # step 2's noise drawn ahead, as in the pipeline
+    python scripts/benchmark_guidance.py --cudnn-benchmark --json ...  # cuDNN's autotuner instead of its heuristics
 
 For each case: step 1 (from the noised bicubic LR) and step 2 (the posterior step toward images standing in for the
 renders), --repeats times each after one untimed warm-up step (kernel selection, allocator), median seconds of each
@@ -56,6 +57,10 @@ class Args:
     predraw_noise: bool = False
     """Step 2's posterior noise drawn before the timed step (guidance.predraw_posterior_noise), as the pipeline does
     during the HR phase on CUDA: its "noise" part is then the posterior arithmetic alone."""
+    cudnn_benchmark: bool = False
+    """Run the steps under cuDNN's autotuner (`torch.backends.cudnn.flags(benchmark=True)`, scoped to the cases, not
+    set for the process): each convolution shape's fastest algorithm is measured on its first use, in the untimed
+    warm-up step; default cuDNN's heuristics, as the pipeline runs."""
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     json: Optional[Path] = None
     """Where to write the result (also printed)."""
@@ -101,6 +106,19 @@ def time_case(backend, timesteps, views: int, width: int, height: int, args: Arg
     return result
 
 
+def run_case(result: dict, backend, timesteps, name: str, views: int, width: int, height: int, args: Args) -> None:
+    """Time one case into result["cases"][name], with its peak GPU memory on CUDA (the weights included)."""
+    cuda = args.device.startswith("cuda")
+    print(f"{name}: {views} views at {width}x{height} -> {args.scale * width}x{args.scale * height}", flush=True)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(args.device)
+    result["cases"][name] = {"views": views, "lr_size": [width, height],
+                             "sr_size": [args.scale * width, args.scale * height],
+                             **time_case(backend, timesteps, views, width, height, args)}
+    if cuda:
+        result["cases"][name]["peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated(args.device) / 1e9
+
+
 def main() -> None:
     args = tyro.cli(Args, description=__doc__)
     cases = [parse_case(c) for c in args.case]
@@ -127,16 +145,13 @@ def main() -> None:
               "tile_size": getattr(backend, tile_attr) if tile_attr else None,
               "tile_overlap": getattr(backend, "tile_overlap", None),
               "channels_last": getattr(backend, "channels_last", None), "predraw_noise": args.predraw_noise,
-              "cases": {}}
-    for name, views, width, height in cases:
-        print(f"{name}: {views} views at {width}x{height} -> {args.scale * width}x{args.scale * height}", flush=True)
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(args.device)
-        result["cases"][name] = {"views": views, "lr_size": [width, height],
-                                 "sr_size": [args.scale * width, args.scale * height],
-                                 **time_case(backend, timesteps, views, width, height, args)}
-        if cuda:  # the case's peak, the weights included
-            result["cases"][name]["peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated(args.device) / 1e9
+              "cudnn_benchmark": args.cudnn_benchmark, "cases": {}}
+    autotune = torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=args.cudnn_benchmark,
+                                          deterministic=torch.backends.cudnn.deterministic,
+                                          allow_tf32=torch.backends.cudnn.allow_tf32)
+    with autotune:
+        for name, views, width, height in cases:
+            run_case(result, backend, timesteps, name, views, width, height, args)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json is not None:

@@ -50,3 +50,27 @@ def test_tile_size_reaches_the_sd_x4_vae_tiles(tmp_path: Path):
     assert table["tile_overlap"] is None and table["cases"]["t"]["step2"]["decode"] > 0
     result = run("--backend", "tiny-random", "--tile-overlap", "8", "--case", "t=1x8x8")
     assert result.returncode != 0 and "has no denoising tiles" in result.stderr.strip().splitlines()[-1]
+
+
+def test_cudnn_autotuner_is_on_only_while_the_cases_run(monkeypatch, tmp_path: Path):
+    """--cudnn-benchmark: cuDNN's autotuner during the timed steps, scoped (not left set for the process)."""
+    import torch
+
+    from conftest import load_script
+
+    module = load_script(SCRIPT, "benchmark_guidance_script", monkeypatch)
+    seen = []
+
+    def time_case(*args, **kwargs):
+        seen.append(torch.backends.cudnn.benchmark)
+        return {}
+
+    monkeypatch.setattr(module, "time_case", time_case)
+    before = torch.backends.cudnn.benchmark
+    for flag, expected in ((["--cudnn-benchmark"], True), ([], False)):
+        out = tmp_path / f"{expected}.json"
+        monkeypatch.setattr(sys, "argv", ["benchmark_guidance.py", "--device", "cpu", "--backend", "bicubic",
+                                          "--case", "a=1x8x8", "b=1x8x8", "--json", str(out), *flag])
+        module.main()
+        assert json.loads(out.read_text())["cudnn_benchmark"] is expected
+        assert seen[-2:] == [expected, expected] and torch.backends.cudnn.benchmark == before

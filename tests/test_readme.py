@@ -140,6 +140,15 @@ def test_guidance_step_figures_match_their_json():
     assert (f"denoising is slower, {last['fern']['step1']['denoise']:.2f} s (fern) and "
             f"{last['fox']['step1']['denoise']:.2f} s (fox)") in README_FLAT
     assert all(last[scene]["step1"]["denoise"] > now[scene]["step1"]["denoise"] for scene in ("fern", "fox"))
+    tuned = {name: cases(f"-cudnn-{name}") for name in ("heuristics", "autotune", "autotune-cl")}
+    assert [(t["cudnn_benchmark"], t["channels_last"], t["predraw_noise"]) for t in tuned.values()] == [
+        (False, False, True), (True, False, True), (True, True, True)]
+    step2 = {name: [t["cases"][scene]["step2"]["denoise"] for scene in ("fern", "fox")] for name, t in tuned.items()}
+    assert (f"step 2's denoising took {step2['autotune'][0]:.3f} s (fern) and {step2['autotune'][1]:.3f} s (fox) "
+            f"autotuned against {step2['heuristics'][0]:.3f} s and {step2['heuristics'][1]:.3f} s with cuDNN's "
+            f"heuristics, and {step2['autotune-cl'][0]:.3f} s / {step2['autotune-cl'][1]:.3f} s autotuned in "
+            "channels-last") in README_WORDS
+    assert all(a > 0.95 * h for a, h in zip(step2["autotune"], step2["heuristics"]))  # "does not help": < 5 %
     ahead = cases("-tile1024-predraw")
     assert ahead["predraw_noise"] and ahead["tile_size"] == 1024
     fern, fox = ahead["cases"]["fern"], ahead["cases"]["fox"]
