@@ -92,8 +92,9 @@ class Args:
     gain. Each process gets cpu_count / jobs CPU threads unless OMP_NUM_THREADS is set."""
     separate_processes: bool = False
     """Train and score every method in a fresh process of its own (spawned; one at a time with --jobs 1), as
-    separate `ns-train` runs are: each method's wall time then starts from the same state, not from whatever the
-    methods before it left in the process (imports, CUDA caches, garbage). The cost tables' timings use it."""
+    separate `ns-train` runs are: each method's wall time then includes its own process's start-up (CUDA, the
+    imports its SR model needs), and not what the methods before it left in the process. The cost table's
+    timings use it."""
 
 
 def train(method: str, args: Args, warmup_checkpoint: Optional[Path] = None) -> Tuple[Path, Dict[str, Optional[float]]]:
