@@ -167,9 +167,13 @@ def test_cost_prose_figures_match_the_runs_they_come_from():
             f"the fast encoding (its s9-png1 row), {fast['wall_s']:.0f} s and {fast['ratio_vs_no_diffusion']:.3f}×") \
         in README_WORDS
 
+    def log_of(session: str, scene: str, method: str) -> str:  # an isolated job's excerpt: bicubic's run, then 3dsr's
+        excerpt = (RESULTS / f"paper-protocol-isolated-{session}" / scene / "log-excerpt.txt").read_text()
+        split = excerpt.index("backend 'compact'")
+        return excerpt[split:] if method == "3dsr" else excerpt[:split]
+
     def logged(scene: str, part: str, step: str = "[1-4]") -> list:  # the first two rows' runs: the 3dsr run's steps
-        excerpt = (RESULTS / "paper-protocol-isolated-s12" / scene / "log-excerpt.txt").read_text()
-        run = excerpt[excerpt.index("backend 'compact'"):]  # after the bicubic run, which logs no denoising
+        run = log_of("s12", scene, "3dsr")
         return sorted(float(v) for v in re.findall(rf"denoise step {step} done:.*?\b{part} ([0-9.]+)s", run))
 
     fern, fox = logged("fern", "denoise"), logged("fox", "denoise")
@@ -184,10 +188,8 @@ def test_cost_prose_figures_match_the_runs_they_come_from():
             f"{max(renders):.2f} s of renders") in README_WORDS
     assert max(later) < min(first) / 10  # drawn ahead: the steps no longer wait for it
 
-    def baseline_noise(session: str, scene: str) -> float:  # what a bicubic run (before the 3dsr run) spent on noise
-        excerpt = (RESULTS / f"paper-protocol-isolated-{session}" / scene / "log-excerpt.txt").read_text()
-        bicubic = excerpt[:excerpt.index("backend 'compact'")]
-        (value,) = re.findall(r"denoise step 1 done: noise ([0-9.]+)s", bicubic)
+    def baseline_noise(session: str, scene: str) -> float:  # what a bicubic run spent on noise
+        (value,) = re.findall(r"denoise step 1 done: noise ([0-9.]+)s", log_of(session, scene, "bicubic"))
         return float(value)
 
     assert baseline_noise("s12", "fern") == baseline_noise("s12", "fox") == 0.0  # the fixed sampler draws none
