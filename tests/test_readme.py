@@ -192,6 +192,27 @@ def test_cost_prose_figures_match_the_runs_they_come_from():
         (value,) = re.findall(r"denoise step 1 done: noise ([0-9.]+)s", log_of(session, scene, "bicubic"))
         return float(value)
 
+    def clock(pattern: str, text: str) -> int:  # the second of the day of the one timestamped line matching pattern
+        ((h, m, sec),) = re.findall(rf"^\[(\d\d):(\d\d):(\d\d)\] {pattern}", text, re.M)
+        return 3600 * int(h) + 60 * int(m) + int(sec)
+
+    fox_log = (RESULTS / "paper-protocol-isolated-s12" / "fox" / "log-excerpt.txt").read_text()
+    start_up = (clock(r"3dsr denoise step 1/4", log_of("s12", "fox", "3dsr"))
+                - clock(r"Saving config.*/3dsr/3dsr/", fox_log))  # the 3dsr run's config save to its first step
+    assert (f"began its first guidance step {start_up} s after saving its config (01:19:02 → 01:19:07 in its "
+            "`log-excerpt.txt`)") in README_WORDS and start_up == 5
+
+    def phase(method: str, k: int) -> float:  # HR phase k of fox: step k's start to step k+1's, less step k's parts
+        run = log_of("s12", "fox", method)
+        parts = re.findall(rf"denoise step {k} done:(.*)", run)[0]
+        return (clock(rf"3dsr denoise step {k + 1}/4", run) - clock(rf"3dsr denoise step {k}/4", run)
+                - sum(float(v) for v in re.findall(r"([0-9.]+)s\b", parts)))
+
+    longer = {k: phase("3dsr", k) - phase("bicubic", k) for k in (2, 3)}  # bicubic's step 1 has no timestamp
+    assert max(longer, key=longer.get) == 3 and round(longer[3]) == 3
+    assert (f"HR phases up to ~{round(longer[3])} s longer than bicubic's 1000 iterations, by the log timestamps (1 s "
+            f"apart; fox's third phase: {phase('3dsr', 3):.1f} s from the end of step 3 to step 4, against bicubic's "
+            f"{phase('bicubic', 3):.0f} s)") in README_WORDS
     assert baseline_noise("s12", "fern") == baseline_noise("s12", "fox") == 0.0  # the fixed sampler draws none
     assert (f"step 1 logs a noise part of 0.00 s (session 11's drew {baseline_noise('s11', 'fox'):.2f} s on fox, "
             f"{baseline_noise('s11', 'fern'):.2f} s on fern, in their logs)") in README_WORDS
