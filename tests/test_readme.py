@@ -56,6 +56,43 @@ def test_paper_protocol_table_matches_its_json():
             fmt(m["detail_consistency"], 4)], (scene, method)
 
 
+def margins(a: dict, b: dict, key: str, digits: int, minus: str = "−") -> str:
+    """'fern / flower' margins of method a over method b (scene -> metrics), as the README writes them (the model card
+    writes an ASCII minus)."""
+    return " / ".join(f"{a[s][key] - b[s][key]:+.{digits}f}".replace("-", minus) for s in ("fern", "flower"))
+
+
+def test_v2_and_rerun_margins_match_their_runs():
+    """The compact-v2 margins (the table's JSON) and the session-13 re-run's (its own compare.json files)."""
+    scenes = json.loads((RESULTS / "quality-llff-paper.json").read_text())["scenes"]
+    method = {name: {s: scenes[s]["methods"][name] for s in scenes} for name in ("3dsr", "per-frame-v2", "3dsr-v2")}
+    assert all(m["run"].endswith(f"paper-protocol-v2/{s}") for name in ("per-frame-v2", "3dsr-v2")
+               for s, m in method[name].items())
+    v2, per_frame_v2, v1 = method["3dsr-v2"], method["per-frame-v2"], method["3dsr"]
+    assert (f"3dsr-v2 against per-frame-v2 is {margins(v2, per_frame_v2, 'psnr', 3)} dB PSNR and "
+            f"{margins(v2, per_frame_v2, 'lpips_alex', 4)} LPIPS-Alex on fern / flower, with higher detail consistency "
+            f"on both ({margins(v2, per_frame_v2, 'detail_consistency', 4)})") in README_WORDS
+    against_v1 = f"{margins(v2, v1, 'psnr', 3)} dB PSNR and {margins(v2, v1, 'lpips_alex', 4)} LPIPS-Alex on fern / flower"
+    assert f"3dsr-v2 against 3dsr with v1 is {against_v1}: no win on either scene" in README_WORDS
+    assert f"Against 3dsr with v1 it is {margins(v2, v1, 'psnr', 3)} dB and {margins(v2, v1, 'lpips_alex', 4)} " \
+           "LPIPS-Alex" in README_WORDS
+    card = " ".join((ROOT / "threedsr_ns" / "weights" / "compact_sr_x4_v2" / "MODEL_CARD.md").read_text().split())
+    assert (f"3dsr-v2 - per-frame-v2 = {margins(v2, per_frame_v2, 'psnr', 3, '-')} dB PSNR and "
+            f"{margins(v2, per_frame_v2, 'lpips_alex', 4, '-')} LPIPS-Alex") in card
+    assert (f"against 3dsr with compact, {margins(v2, v1, 'psnr', 3, '-')} dB and "
+            f"{margins(v2, v1, 'lpips_alex', 4, '-')} LPIPS-Alex") in card
+    first = {s: json.loads((RESULTS / "paper-protocol-v2-run1" / s / "compare.json").read_text())["methods"]
+             for s in ("fern", "flower")}
+    for scene in ("fern", "flower"):
+        assert (f"{first[scene]['per-frame-v2']['lpips_alex']:.4f} -> "
+                f"{per_frame_v2[scene]['lpips_alex']:.4f} on {scene}") in card
+    rerun = {s: json.loads((RESULTS / "paper-protocol-s13" / s / "compare.json").read_text())["methods"]
+             for s in ("fern", "flower")}
+    dsr, per_frame = ({s: rerun[s][name] for s in rerun} for name in ("3dsr", "per-frame"))
+    assert (f"3dsr − per-frame = {margins(dsr, per_frame, 'psnr', 3)} dB PSNR and "
+            f"{margins(dsr, per_frame, 'lpips_alex', 4)} LPIPS-Alex on fern / flower") in README_WORDS
+
+
 def test_detail_log_figures_match_the_run_they_come_from():
     import re
 
