@@ -97,6 +97,11 @@ class Args:
     timings use it."""
 
 
+def method_backend(method: str, args: Args) -> str:
+    """The SR backend behind a method's HR targets: its own setting, else --backend; hr-3dgs has none (GT photos)."""
+    return "none" if method == HR_3DGS else METHOD_SETTINGS[method].get("sr_backend", args.backend)
+
+
 def train(method: str, args: Args, warmup_checkpoint: Optional[Path] = None) -> Tuple[Path, Dict[str, Optional[float]]]:
     """Train one method (or, for method "warm-up", only the LR warm-up); its config.yml and its cost: wall time of
     the training (from the warm-up checkpoint on) and the peak GPU memory of this process while it trained."""
@@ -210,8 +215,10 @@ def write_table(args: Args, results: Dict[str, dict], warmup_cost: Optional[dict
         table.append(f"| {method} | " + " | ".join(cells) + " |")
     first = next(iter(results.values()))
     shared = "; one shared LR warm-up" if args.share_warmup else ""
+    backends = {m: method_backend(m, args) for m in results}
+    backends_text = ", ".join(f"{m}: {b}" for m, b in backends.items())
     header = (f"# {args.data.name} ({first['protocol']} protocol, renders {first['render_size'][0]}x{first['render_size'][1]}): "
-              f"{' vs '.join(results)} ({args.backend}; N0={args.warmup_iters}, K={args.denoise_steps}, "
+              f"{' vs '.join(results)} (SR backend {backends_text}; N0={args.warmup_iters}, K={args.denoise_steps}, "
               f"M={args.phase_iters}{shared})\n\ndetail_consistency: correlation of the SR targets' detail bands across "
               f"views, warped with {first['consistency']['geometry']} (higher = more consistent; 0 = independent "
               f"details). hf_energy_ratio: high-frequency energy of the SR targets (_render: of the test renders) over "
@@ -221,7 +228,7 @@ def write_table(args: Args, results: Dict[str, dict], warmup_cost: Optional[dict
     (args.out / "compare.md").write_text(markdown)
     summary = {"protocol": first["protocol"], "render_size": first["render_size"], "backend": args.backend,
                "schedule": {"N0": args.warmup_iters, "K": args.denoise_steps, "M": args.phase_iters},
-               "methods": {m: r["mean"] for m, r in results.items()}}
+               "method_backends": backends, "methods": {m: r["mean"] for m, r in results.items()}}
     if warmup_cost is not None:
         summary["warmup"] = warmup_cost
     (args.out / "compare.json").write_text(json.dumps(summary, indent=2))

@@ -7,7 +7,8 @@ Reads each <scene>/compare.json and <scene>/crops.png; writes <out>.json
 
     {"protocol": ..., "device": ..., "schedule": {"N0", "K", "M"}, "backend": ...,
      "scenes": {scene: {"render_size": [w, h], "methods": {method: {psnr, ssim, lpips_alex, lpips_vgg, dists,
-                                                                    detail_consistency, hf_energy_ratio, ...}}}}}
+                                                                    detail_consistency, hf_energy_ratio, ...,
+                                                                    backend (where compare.py recorded it)}}}}}
 
 <out>.md (one table, the paper's LLFF figures beside it, 3dsr's margins over the per-frame baseline per scene) and
 <out>-crops.png (the scenes' crops stacked; with --no-stack-crops the Markdown links each folder's own crops.png
@@ -70,7 +71,9 @@ def merge(scenes: Tuple[Path, ...], device: str) -> dict:
         for method, means in result["methods"].items():
             if method in scene["methods"]:
                 raise SystemExit(f"{path}: method {method} of scene {folder.name} is in an earlier folder too")
-            scene["methods"][method] = {**{k: means.get(k) for k in KEYS}, "run": str(folder)}
+            recorded = result.get("method_backends", {})  # compare.py records it since session 13; older runs not
+            backend = {"backend": recorded[method]} if method in recorded else {}
+            scene["methods"][method] = {**{k: means.get(k) for k in KEYS}, **backend, "run": str(folder)}
     return {k: merged[k] for k in ("protocol", "device", "schedule", "backend", "scenes")}
 
 
@@ -129,10 +132,14 @@ def markdown(table: dict, note: str) -> str:
         paper = [f"The paper's figures are for its own protocol (LR images_8 504x378 -> GT images_2 2016x1512), not the "
                  f"{table['protocol']} protocol of this table: quality-llff-paper.md sets them beside ours."]
     sizes = ", ".join(f"{scene} {e['render_size'][0]}x{e['render_size'][1]}" for scene, e in table["scenes"].items())
+    recorded = {method: m["backend"] for e in table["scenes"].values() for method, m in e["methods"].items()
+                if "backend" in m}
+    per_method = (" SR backend of each method, as compare.py recorded it: "
+                  + ", ".join(f"{method} `{b}`" for method, b in recorded.items()) + ".") if recorded else ""
     return "\n".join([
         f"# LLFF x4 ({table['protocol']} protocol; renders {sizes})\n",
         f"Backend {', '.join(f'`{b}` ({f})' for f, b in table['backend'].items())}, N0={s['N0']}, K={s['K']}, M={s['M']}, {table['device'] or 'device not given'}. "
-        "wall / peak GPU: each method's training from the shared warm-up checkpoint on, in its own process.", "",
+        f"wall / peak GPU: each method's training from the shared warm-up checkpoint on, in its own process.{per_method}", "",
         note, "", *rows, "", *margins(table), "", *paper, ""])
 
 

@@ -31,6 +31,9 @@ def test_compare_trains_and_scores_bicubic_per_frame_and_3dsr(tiny_fern: Path, t
     assert summary["protocol"] == "small" and summary["schedule"] == {"N0": 8, "K": 2, "M": 4}
     scores = summary["methods"]
     assert list(scores) == ["bicubic", "per-frame", "3dsr"]  # in this order although trained side by side (--jobs 3)
+    # each method's own SR backend, not only --backend (bicubic's targets come from the bicubic backend)
+    assert summary["method_backends"] == {"bicubic": "bicubic", "per-frame": "tiny-random", "3dsr": "tiny-random"}
+    assert "(SR backend bicubic: bicubic, per-frame: tiny-random, 3dsr: tiny-random;" in (out / "compare.md").read_text()
     for mean in scores.values():
         assert 5 < mean["psnr"] < 50 and 0 <= mean["ssim"] <= 1 and 0 < mean["lpips_alex"] < 1.5  # real weights, offline
         assert mean["sr_target_disagreement"] >= 0 and mean["wall_s"] > 0 and mean["peak_gpu_mem_gb"] is None
@@ -189,6 +192,27 @@ def test_quality_table_sets_the_paper_figures_beside_paper_protocol_tables_only(
         assert "- fern: 3dsr - per-frame = +0.250 dB PSNR" in text
         assert ("| 3DSR | 24.21 | 0.754 | 0.181 |" in text) == (protocol == "paper"), protocol
         assert ("paper +1.460" in text) == (protocol == "paper"), protocol
+
+
+def test_quality_table_names_each_methods_backend_where_compare_recorded_it(tmp_path: Path, monkeypatch):
+    """A folder run with --backend compact whose -v2 methods ran compact-v2: the table says so per method; a folder
+    from before compare.py recorded it gets no backend key (none is guessed)."""
+    module = load_script(QUALITY_TABLE, "quality_table", monkeypatch)
+    folders = []
+    for name, extra in (("new", {"method_backends": {"per-frame-v2": "compact-v2", "3dsr-v2": "compact-v2"}}),
+                        ("old", {})):
+        folder = tmp_path / name / "fern"
+        folder.mkdir(parents=True)
+        methods = {"per-frame-v2": {"psnr": 20.0}, "3dsr-v2": {"psnr": 21.0}} if name == "new" else {"3dsr": {"psnr": 22.0}}
+        (folder / "compare.json").write_text(json.dumps({
+            "protocol": "paper", "render_size": [8, 6], "backend": "compact", "schedule": {"N0": 1, "K": 4, "M": 1},
+            "methods": methods, **extra}))
+        folders.append(folder)
+    table = module.merge(tuple(folders), "cpu")
+    methods = table["scenes"]["fern"]["methods"]
+    assert methods["3dsr-v2"]["backend"] == "compact-v2" and "backend" not in methods["3dsr"]
+    assert "SR backend of each method, as compare.py recorded it: per-frame-v2 `compact-v2`, 3dsr-v2 `compact-v2`." \
+        in module.markdown(table, "")
 
 
 def test_quality_table_can_link_each_scenes_crops_instead_of_stacking_a_copy(tmp_path: Path):
