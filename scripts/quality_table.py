@@ -68,10 +68,10 @@ def merge(scenes: Tuple[Path, ...], device: str) -> dict:
         scene = merged["scenes"].setdefault(folder.name, {"render_size": result["render_size"], "methods": {}})
         if scene["render_size"] != result["render_size"]:
             raise SystemExit(f"{path}: render size {result['render_size']} differs from {scene['render_size']}")
+        recorded = result.get("method_backends", {})  # compare.py records it since session 13; older runs do not
         for method, means in result["methods"].items():
             if method in scene["methods"]:
                 raise SystemExit(f"{path}: method {method} of scene {folder.name} is in an earlier folder too")
-            recorded = result.get("method_backends", {})  # compare.py records it since session 13; older runs not
             backend = {"backend": recorded[method]} if method in recorded else {}
             scene["methods"][method] = {**{k: means.get(k) for k in KEYS}, **backend, "run": str(folder)}
     return {k: merged[k] for k in ("protocol", "device", "schedule", "backend", "scenes")}

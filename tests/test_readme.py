@@ -56,6 +56,11 @@ def test_paper_protocol_table_matches_its_json():
             fmt(m["detail_consistency"], 4)], (scene, method)
 
 
+def compare_methods(folder: str, scene: str) -> dict:
+    """The methods of a committed scripts/compare.py result: benchmarks/results/<folder>/<scene>/compare.json."""
+    return json.loads((RESULTS / folder / scene / "compare.json").read_text())["methods"]
+
+
 def margins(a: dict, b: dict, key: str, digits: int, minus: str = "−") -> str:
     """'fern / flower' margins of method a over method b (scene -> metrics), as the README writes them (the model card
     writes an ASCII minus)."""
@@ -81,13 +86,11 @@ def test_v2_and_rerun_margins_match_their_runs():
             f"{margins(v2, per_frame_v2, 'lpips_alex', 4, '-')} LPIPS-Alex") in card
     assert (f"against 3dsr with compact, {margins(v2, v1, 'psnr', 3, '-')} dB and "
             f"{margins(v2, v1, 'lpips_alex', 4, '-')} LPIPS-Alex") in card
-    first = {s: json.loads((RESULTS / "paper-protocol-v2-run1" / s / "compare.json").read_text())["methods"]
-             for s in ("fern", "flower")}
+    first = {s: compare_methods("paper-protocol-v2-run1", s) for s in ("fern", "flower")}
     for scene in ("fern", "flower"):
         assert (f"{first[scene]['per-frame-v2']['lpips_alex']:.4f} -> "
                 f"{per_frame_v2[scene]['lpips_alex']:.4f} on {scene}") in card
-    rerun = {s: json.loads((RESULTS / "paper-protocol-s13" / s / "compare.json").read_text())["methods"]
-             for s in ("fern", "flower")}
+    rerun = {s: compare_methods("paper-protocol-s13", s) for s in ("fern", "flower")}
     dsr, per_frame = ({s: rerun[s][name] for s in rerun} for name in ("3dsr", "per-frame"))
     assert (f"3dsr − per-frame = {margins(dsr, per_frame, 'psnr', 3)} dB PSNR and "
             f"{margins(dsr, per_frame, 'lpips_alex', 4)} LPIPS-Alex on fern / flower") in README_WORDS
@@ -256,8 +259,8 @@ def test_cost_prose_figures_match_the_runs_they_come_from():
     scale = json.loads((RESULTS / "scale-h200.json").read_text())
     assert [scale["runs"][f"{scene}-compact-isolated"]["folder"] for scene in ("fern-paper", "fox-x4")] == [
         f"benchmarks/results/paper-protocol-isolated-s12/{scene}" for scene in ("fern", "fox")]  # the runs quoted
-    bicubic_fern = [json.loads((RESULTS / f"paper-protocol-isolated-{session}" / "fern" / "compare.json").read_text())
-                    ["methods"]["bicubic"]["wall_s"] for session in ("s10", "s11", "s12")]
+    bicubic_fern = [compare_methods(f"paper-protocol-isolated-{session}", "fern")["bicubic"]["wall_s"]
+                    for session in ("s10", "s11", "s12")]
     assert "sessions 10, 11 and 12 ({:.0f} s, {:.0f} s, {:.0f} s)".format(*bicubic_fern) in README_WORDS
 
 
