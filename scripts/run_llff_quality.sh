@@ -19,6 +19,9 @@
 # Weights the machine lacks are found through THREEDSR_METRIC_WEIGHTS / THREEDSR_REALESRGAN_WEIGHTS (exported by
 # scripts/export_metric_weights.py and python -m threedsr_ns.backends.realesrgan export).
 #   bash scripts/run_llff_quality.sh status WORK                    # tail of each log; "N of M scene(s) done"
+#   bash scripts/run_llff_quality.sh wait WORK MAX_S                # until WORK/all.done, at most MAX_S seconds; exits 3
+#                                     # at once if WORK is not on this machine (a device call after a pause finds a
+#                                     # fresh machine: the job is gone, and waiting would only spend device time)
 #   bash scripts/run_llff_quality.sh collect WORK OUT               # one <scene>.tar.gz per started scene into OUT
 #
 # Each tarball holds compare.json/.md, crops.png, each method's evaluate_<method>/metrics.json/.md, the 3dsr
@@ -71,6 +74,12 @@ case "$cmd" in
     done
     echo "$(ls "$work"/*.done 2>/dev/null | grep -vc '/all.done$') of $(cat "$work/scenes.txt") scene(s) done"
     ;;
+  wait)
+    max=$1 begin=$(date +%s)
+    [ -f "$work/scenes.txt" ] || { echo "$work: no job on this machine (a fresh one?); nothing to wait for" >&2; exit 3; }
+    while [ ! -f "$work/all.done" ] && [ $(( $(date +%s) - begin )) -lt "$max" ]; do sleep 5; done
+    [ -f "$work/all.done" ] && echo "all.done after $(( $(date +%s) - begin )) s" || echo "not done after $max s"
+    ;;
   collect)
     out=$1
     for log in "$work"/*.log; do
@@ -92,5 +101,5 @@ case "$cmd" in
     done
     ls -la "$out"
     ;;
-  *) echo "usage: $0 start|status|collect WORK ..." >&2; exit 2 ;;
+  *) echo "usage: $0 start|status|wait|collect WORK ..." >&2; exit 2 ;;
 esac

@@ -80,3 +80,21 @@ def test_the_excerpt_joins_the_records_rich_wrapped(tmp_path: Path):
         pad + "3dsr pre-flight passed in 0.4s: 17 train views at 504x378 (undistorted)  preflight.py:64",
         "scene fern done in 310 s",
     ]
+
+
+def test_wait_returns_at_once_when_the_job_is_not_on_this_machine(tmp_path: Path):
+    """A device call after a pause finds a fresh machine (session 14 lost 560 s of device time waiting there for a
+    job that was gone): `wait` exits 3 at once, naming the folder; on a job that has ended it returns 0 at once."""
+    script = str(ROOT / "scripts" / "run_llff_quality.sh")
+    began = time.monotonic()
+    lost = subprocess.run(["bash", script, "wait", str(tmp_path / "gone"), "60"], capture_output=True, text=True,
+                          timeout=30)
+    assert lost.returncode == 3 and str(tmp_path / "gone") in lost.stderr and time.monotonic() - began < 20
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "scenes.txt").write_text("1\n")
+    pending = subprocess.run(["bash", script, "wait", str(work), "0"], capture_output=True, text=True, timeout=30)
+    assert pending.returncode == 0 and "not done after 0 s" in pending.stdout
+    (work / "all.done").touch()
+    done = subprocess.run(["bash", script, "wait", str(work), "60"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and "all.done after" in done.stdout
