@@ -19,10 +19,10 @@
 # Weights the machine lacks are found through THREEDSR_METRIC_WEIGHTS / THREEDSR_REALESRGAN_WEIGHTS (exported by
 # scripts/export_metric_weights.py and python -m threedsr_ns.backends.realesrgan export).
 #   bash scripts/run_llff_quality.sh status WORK                    # tail of each log; "N of M scene(s) done"
-#   bash scripts/run_llff_quality.sh wait WORK MAX_S                # until WORK/all.done, at most MAX_S seconds; exits 3
-#                                     # at once if WORK is not on this machine (a device call after a pause finds a
-#                                     # fresh machine: the job is gone, and waiting would only spend device time)
+#   bash scripts/run_llff_quality.sh wait WORK MAX_S                # until WORK/all.done, at most MAX_S seconds
 #   bash scripts/run_llff_quality.sh collect WORK OUT               # one <scene>.tar.gz per started scene into OUT
+# status, wait and collect exit 3 at once when WORK is not on this machine (a device call after a pause finds a fresh
+# machine: the job is gone, and waiting would only spend device time).
 #
 # Each tarball holds compare.json/.md, crops.png, each method's evaluate_<method>/metrics.json/.md, the 3dsr
 # run's contact sheets, the log and log-excerpt.txt (its guidance-step timings and detail energies, run starts, tables
@@ -31,6 +31,9 @@
 set -euo pipefail
 cmd=$1 work=$2
 shift 2
+# every subcommand but start reads a job's folder: a device call after a pause finds a fresh machine, where the job is
+# gone; say so at once (exit 3) instead of printing tail/cat errors or waiting out the call's device time
+[ "$cmd" = start ] || [ -f "$work/scenes.txt" ] || { echo "$work: no job on this machine (a fresh one?)" >&2; exit 3; }
 case "$cmd" in
   start)
     warmup=$1 phase=$2 methods=$3
@@ -76,7 +79,6 @@ case "$cmd" in
     ;;
   wait)
     max=$1 begin=$(date +%s)
-    [ -f "$work/scenes.txt" ] || { echo "$work: no job on this machine (a fresh one?); nothing to wait for" >&2; exit 3; }
     while [ ! -f "$work/all.done" ] && [ $(( $(date +%s) - begin )) -lt "$max" ]; do sleep 5; done
     [ -f "$work/all.done" ] && echo "all.done after $(( $(date +%s) - begin )) s" || echo "not done after $max s"
     ;;

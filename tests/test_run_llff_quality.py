@@ -57,6 +57,7 @@ def test_the_excerpt_joins_the_records_rich_wrapped(tmp_path: Path):
     a GPU run, session 10); an unwrapped record without a timestamp is kept too, and progress rows are not."""
     work, out = tmp_path / "work", tmp_path / "out"
     (work / "fern").mkdir(parents=True)
+    (work / "scenes.txt").write_text("1\n")  # as `start` writes it
     out.mkdir()
     pad = " " * 11
     (work / "fern.log").write_text("\n".join([
@@ -82,14 +83,15 @@ def test_the_excerpt_joins_the_records_rich_wrapped(tmp_path: Path):
     ]
 
 
-def test_wait_returns_at_once_when_the_job_is_not_on_this_machine(tmp_path: Path):
+def test_status_wait_and_collect_say_at_once_when_the_job_is_not_on_this_machine(tmp_path: Path):
     """A device call after a pause finds a fresh machine (session 14 lost 560 s of device time waiting there for a
-    job that was gone): `wait` exits 3 at once, naming the folder; on a job that has ended it returns 0 at once."""
+    job that was gone): status, wait and collect exit 3 naming the folder, where wait would otherwise sleep out its
+    600 s (the subprocess timeout fails the test first); on a job that has ended, wait returns 0."""
     script = str(ROOT / "scripts" / "run_llff_quality.sh")
-    began = time.monotonic()
-    lost = subprocess.run(["bash", script, "wait", str(tmp_path / "gone"), "60"], capture_output=True, text=True,
-                          timeout=30)
-    assert lost.returncode == 3 and str(tmp_path / "gone") in lost.stderr and time.monotonic() - began < 20
+    gone = str(tmp_path / "gone")
+    for args in (["status", gone], ["wait", gone, "600"], ["collect", gone, str(tmp_path)]):
+        lost = subprocess.run(["bash", script, *args], capture_output=True, text=True, timeout=60)
+        assert lost.returncode == 3 and f"{gone}: no job on this machine" in lost.stderr, (args, lost.stderr)
     work = tmp_path / "work"
     work.mkdir()
     (work / "scenes.txt").write_text("1\n")
