@@ -31,9 +31,9 @@
 set -euo pipefail
 cmd=$1 work=$2
 shift 2
-# every subcommand but start reads a job's folder: a device call after a pause finds a fresh machine, where the job is
-# gone; say so at once (exit 3) instead of printing tail/cat errors or waiting out the call's device time
-[ "$cmd" = start ] || [ -f "$work/scenes.txt" ] || { echo "$work: no job on this machine (a fresh one?)" >&2; exit 3; }
+case "$cmd" in  # these read a job's folder; on a fresh machine, say so at once (exit 3; see above)
+  status|wait|collect) [ -f "$work/scenes.txt" ] || { echo "$work: no job on this machine (a fresh one?)" >&2; exit 3; } ;;
+esac
 case "$cmd" in
   start)
     warmup=$1 phase=$2 methods=$3

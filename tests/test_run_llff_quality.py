@@ -86,12 +86,15 @@ def test_the_excerpt_joins_the_records_rich_wrapped(tmp_path: Path):
 def test_status_wait_and_collect_say_at_once_when_the_job_is_not_on_this_machine(tmp_path: Path):
     """A device call after a pause finds a fresh machine (session 14 lost 560 s of device time waiting there for a
     job that was gone): status, wait and collect exit 3 naming the folder, where wait would otherwise sleep out its
-    600 s (the subprocess timeout fails the test first); on a job that has ended, wait returns 0."""
+    600 s (the subprocess timeout fails the test first), while a mistyped subcommand still gets the usage line; on a
+    job that has ended, wait returns 0."""
     script = str(ROOT / "scripts" / "run_llff_quality.sh")
     gone = str(tmp_path / "gone")
     for args in (["status", gone], ["wait", gone, "600"], ["collect", gone, str(tmp_path)]):
         lost = subprocess.run(["bash", script, *args], capture_output=True, text=True, timeout=60)
         assert lost.returncode == 3 and f"{gone}: no job on this machine" in lost.stderr, (args, lost.stderr)
+    typo = subprocess.run(["bash", script, "stauts", gone], capture_output=True, text=True, timeout=60)
+    assert typo.returncode == 2 and "usage:" in typo.stderr, typo.stderr  # a mistyped subcommand gets the usage
     work = tmp_path / "work"
     work.mkdir()
     (work / "scenes.txt").write_text("1\n")
