@@ -6,10 +6,10 @@
         $R/paper-protocol-isolated/fern $R/paper-protocol-sd4-random-isolated/fern $R/paper-protocol/fern \
         $R/paper-protocol/flower $R/paper-protocol-sd4-random/fern \
         --fox $S12/fox $S11/fox $S10/fox $S9-png1/fox $S9-png6/fox $R/paper-protocol-isolated/fox \
-        --fox-runs $R/paper-protocol-isolated/fox-per-frame \
+        $R/paper-protocol-isolated-m2500/fox --fox-runs $R/paper-protocol-isolated/fox-per-frame \
         --isolated $S12/fern $S11/fern $S10/fern $S9-png1/fern $S9-png6/fern $R/paper-protocol-isolated/fern \
         $R/paper-protocol-sd4-random-isolated/fern $S12/fox $S11/fox $S10/fox $S9-png1/fox $S9-png6/fox \
-        $R/paper-protocol-isolated/fox $R/paper-protocol-isolated/fox-per-frame \
+        $R/paper-protocol-isolated/fox $R/paper-protocol-isolated-m2500/fox $R/paper-protocol-isolated/fox-per-frame \
         --fox-scores $R/fox-x4-shared-gpu-scores.json --device "NVIDIA H200" \
         --note "$(cat $R/scale-h200.note.txt)" --out $R/scale-h200   # the committed table
 
