@@ -20,6 +20,10 @@ LR input, detail consistency and high-frequency energy) and timed (wall time, pe
 
     python scripts/compare.py --data data/fern --out compare --backend sd-x4-upscaler
 
+A job longer than one stretch of device time splits at the warm-up: `--stop-after-warmup` trains only the warm-up,
+and a later `--warmup-run <out>/runs/<scene>/3dsr/warm-up` (that folder carried to the new machine) trains and scores
+the methods from it.
+
 Writes <out>/compare.json, <out>/compare.md, <out>/crops.png (a crop of the first test view: GT and
 each method's render) and <out>/evaluate_<method>/metrics.json/.md (scripts/evaluate.py's full report of each run).
 """
@@ -83,6 +87,14 @@ class Args:
     """The compact-v2 folder of the -v2 methods; default the package's."""
     share_warmup: bool = True
     """Train the LR warm-up once (runs/.../warm-up) and start every method from its checkpoint."""
+    stop_after_warmup: bool = False
+    """Train only the shared warm-up (and write its cost to <out>/warmup.json), then stop: the first half of a job
+    split across device sessions. Its run folder, runs/<scene>/3dsr/warm-up (config.yml, warmup.json's copy,
+    nerfstudio_models/), is what --warmup-run takes."""
+    warmup_run: Optional[Path] = None
+    """A warm-up run folder from an earlier --stop-after-warmup (e.g. carried back from another device session):
+    every method starts from its last checkpoint, and the shared geometry is rendered from it here, instead of
+    training a warm-up."""
     crop: int = 128
     """Side of the square crop (GT pixels) shown in crops.png."""
     jobs: int = 1
@@ -235,17 +247,46 @@ def write_table(args: Args, results: Dict[str, dict], warmup_cost: Optional[dict
     return markdown
 
 
+WARMUP_COST = "warmup.json"
+"""The shared warm-up's cost (wall_s, peak_gpu_mem_gb), in <out>/ and, for --warmup-run, in its run folder."""
+
+
+def carried_warmup(run: Path, args: Args) -> Tuple[Path, Path, Optional[dict]]:
+    """(config.yml, last checkpoint, cost) of a --warmup-run folder, checked before any training: it must be a
+    warm-up of this schedule's N0 (a checkpoint at step N0 - 1)."""
+    config, checkpoints = run / "config.yml", sorted((run / "nerfstudio_models").glob("step-*.ckpt"))
+    if not config.is_file() or not checkpoints:
+        raise SystemExit(f"--warmup-run {run}: no config.yml or nerfstudio_models/step-*.ckpt there; pass the "
+                         f"runs/<scene>/3dsr/warm-up folder of a compare.py --stop-after-warmup run")
+    step = int(checkpoints[-1].stem.split("-")[1])
+    if step != args.warmup_iters - 1:
+        raise SystemExit(f"--warmup-run {checkpoints[-1]} is a warm-up of {step + 1} iterations, not of "
+                         f"--warmup-iters {args.warmup_iters}; pass the N0 it was trained with")
+    cost = run / WARMUP_COST
+    return config, checkpoints[-1], json.loads(cost.read_text()) if cost.is_file() else None
+
+
 def main() -> None:
     args = tyro.cli(Args)
     unknown = set(args.methods) - set(METHODS)
     if unknown or not args.methods:
         what = f"unknown methods {sorted(unknown)}" if unknown else "no methods given"
         raise SystemExit(f"{what}; choose one or more of {', '.join(METHODS)}")
+    if (args.stop_after_warmup or args.warmup_run is not None) and not args.share_warmup:
+        raise SystemExit("--stop-after-warmup and --warmup-run need the shared warm-up (drop --no-share-warmup)")
     args.out.mkdir(parents=True, exist_ok=True)
     warmup, warmup_cost = None, None
-    if args.share_warmup:
+    if args.warmup_run is not None:
+        warmup_config, warmup, warmup_cost = carried_warmup(args.warmup_run, args)
+        save_shared_geometry(warmup_config, args.data, args.out / GEOMETRY_FILE)
+    elif args.share_warmup:
         warmup_config, warmup_cost = train("warm-up", args)
         warmup = last_checkpoint(warmup_config)
+        for folder in (args.out, warmup_config.parent):
+            (folder / WARMUP_COST).write_text(json.dumps(warmup_cost, indent=2))
+        if args.stop_after_warmup:
+            print(f"warm-up done in {warmup_cost['wall_s']:.1f} s: {warmup_config.parent} (for --warmup-run)")
+            return
         save_shared_geometry(warmup_config, args.data, args.out / GEOMETRY_FILE)
     configs: Dict[str, Path] = {}
     results: Dict[str, dict] = {}

@@ -232,3 +232,37 @@ def test_quality_table_can_link_each_scenes_crops_instead_of_stacking_a_copy(tmp
     text = stem.with_suffix(".md").read_text()
     assert "![fern (runs)](../runs/fern/crops.png)" in text and "![flower (runs)](../runs/flower/crops.png)" in text
     assert not Path(f"{stem}-crops.png").exists() and "| fern | bicubic | 20.000 |" in text
+
+
+def test_a_job_split_at_the_warm_up_resumes_every_method_from_the_carried_warm_up(tiny_fern: Path, tmp_path: Path):
+    """--stop-after-warmup, the warm-up folder moved elsewhere (as a device session carries it back and the next one
+    carries it in), then --warmup-run: no second warm-up, and the methods start from the carried checkpoint."""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1")
+    common = ["--data", str(tiny_fern), "--backend", "tiny-random", "--warmup-iters", "8", "--denoise-steps", "2",
+              "--phase-iters", "4", "--crop", "48", "--methods", "bicubic"]
+    first = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "a"), *common, "--stop-after-warmup"],
+                           capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert not (tmp_path / "a" / "compare.json").exists() and not (tmp_path / "a" / "runs" / "fern" / "3dsr" / "bicubic").exists()
+    carried = tmp_path / "carried"
+    shutil.move(str(tmp_path / "a" / "runs" / "fern" / "3dsr" / "warm-up"), carried)
+    cost = json.loads((carried / "warmup.json").read_text())
+    assert cost["wall_s"] > 0
+
+    wrong = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "b"), *common, "--warmup-run",
+                            str(carried), "--warmup-iters", "9"], capture_output=True, text=True, env=env, timeout=300)
+    assert wrong.returncode != 0 and "a warm-up of 8 iterations, not of --warmup-iters 9" in wrong.stderr
+    assert not (tmp_path / "b" / "runs").exists()  # refused before any training
+
+    second = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "b"), *common, "--warmup-run",
+                             str(carried)], capture_output=True, text=True, env=env, timeout=900)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    runs = tmp_path / "b" / "runs" / "fern" / "3dsr"
+    assert sorted(p.name for p in runs.iterdir()) == ["bicubic"]  # no warm-up trained again
+    config = yaml.load((runs / "bicubic" / "config.yml").read_text(), Loader=yaml.Loader)
+    assert config.load_checkpoint == carried / "nerfstudio_models" / "step-000000007.ckpt"
+    assert sorted((runs / "bicubic" / "nerfstudio_models").glob("*.ckpt"))[-1].name == "step-000000015.ckpt"
+    summary = json.loads((tmp_path / "b" / "compare.json").read_text())
+    assert summary["warmup"] == cost and 5 < summary["methods"]["bicubic"]["psnr"] < 50
+    geometry = torch.load(tmp_path / "b" / "shared_geometry.pt", map_location="cpu", weights_only=True)
+    assert str(carried) in geometry["source"]  # graded with the carried warm-up's depth
