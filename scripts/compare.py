@@ -88,9 +88,9 @@ class Args:
     share_warmup: bool = True
     """Train the LR warm-up once (runs/.../warm-up) and start every method from its checkpoint."""
     stop_after_warmup: bool = False
-    """Train only the shared warm-up (and write its cost to <out>/warmup.json), then stop: the first half of a job
-    split across device sessions. Its run folder, runs/<scene>/3dsr/warm-up (config.yml, warmup.json's copy,
-    nerfstudio_models/), is what --warmup-run takes."""
+    """Train only the shared warm-up, then stop: the first half of a job split across device sessions. Its run
+    folder, runs/<scene>/3dsr/warm-up (config.yml, warmup.json: its cost, nerfstudio_models/), is what --warmup-run
+    takes."""
     warmup_run: Optional[Path] = None
     """A warm-up run folder from an earlier --stop-after-warmup (e.g. carried back from another device session):
     every method starts from its last checkpoint, and the shared geometry is rendered from it here, instead of
@@ -188,8 +188,13 @@ GEOMETRY_FILE = "shared_geometry.pt"
 """<out>/shared_geometry.pt: the warm-up's depth of every train view at HR, used to score every method."""
 
 
+def checkpoints(run: Path) -> list:
+    """A run folder's nerfstudio_models/step-*.ckpt, oldest first."""
+    return sorted((run / "nerfstudio_models").glob("step-*.ckpt"))
+
+
 def last_checkpoint(config: Path) -> Path:
-    return sorted((config.parent / "nerfstudio_models").glob("step-*.ckpt"))[-1]
+    return checkpoints(config.parent)[-1]
 
 
 def crops_figure(configs: Dict[str, Path], data: Path, size: int) -> Image.Image:
@@ -248,22 +253,22 @@ def write_table(args: Args, results: Dict[str, dict], warmup_cost: Optional[dict
 
 
 WARMUP_COST = "warmup.json"
-"""The shared warm-up's cost (wall_s, peak_gpu_mem_gb), in <out>/ and, for --warmup-run, in its run folder."""
+"""The shared warm-up's cost (wall_s, peak_gpu_mem_gb), in its run folder, for a later --warmup-run."""
 
 
 def carried_warmup(run: Path, args: Args) -> Tuple[Path, Path, Optional[dict]]:
     """(config.yml, last checkpoint, cost) of a --warmup-run folder, checked before any training: it must be a
     warm-up of this schedule's N0 (a checkpoint at step N0 - 1)."""
-    config, checkpoints = run / "config.yml", sorted((run / "nerfstudio_models").glob("step-*.ckpt"))
-    if not config.is_file() or not checkpoints:
+    config, found = run / "config.yml", checkpoints(run)
+    if not config.is_file() or not found:
         raise SystemExit(f"--warmup-run {run}: no config.yml or nerfstudio_models/step-*.ckpt there; pass the "
                          f"runs/<scene>/3dsr/warm-up folder of a compare.py --stop-after-warmup run")
-    step = int(checkpoints[-1].stem.split("-")[1])
+    step = int(found[-1].stem.split("-")[1])
     if step != args.warmup_iters - 1:
-        raise SystemExit(f"--warmup-run {checkpoints[-1]} is a warm-up of {step + 1} iterations, not of "
+        raise SystemExit(f"--warmup-run {found[-1]} is a warm-up of {step + 1} iterations, not of "
                          f"--warmup-iters {args.warmup_iters}; pass the N0 it was trained with")
     cost = run / WARMUP_COST
-    return config, checkpoints[-1], json.loads(cost.read_text()) if cost.is_file() else None
+    return config, found[-1], json.loads(cost.read_text()) if cost.is_file() else None
 
 
 def main() -> None:
@@ -278,15 +283,14 @@ def main() -> None:
     warmup, warmup_cost = None, None
     if args.warmup_run is not None:
         warmup_config, warmup, warmup_cost = carried_warmup(args.warmup_run, args)
-        save_shared_geometry(warmup_config, args.data, args.out / GEOMETRY_FILE)
     elif args.share_warmup:
         warmup_config, warmup_cost = train("warm-up", args)
         warmup = last_checkpoint(warmup_config)
-        for folder in (args.out, warmup_config.parent):
-            (folder / WARMUP_COST).write_text(json.dumps(warmup_cost, indent=2))
+        (warmup_config.parent / WARMUP_COST).write_text(json.dumps(warmup_cost, indent=2))
         if args.stop_after_warmup:
             print(f"warm-up done in {warmup_cost['wall_s']:.1f} s: {warmup_config.parent} (for --warmup-run)")
             return
+    if warmup is not None:
         save_shared_geometry(warmup_config, args.data, args.out / GEOMETRY_FILE)
     configs: Dict[str, Path] = {}
     results: Dict[str, dict] = {}

@@ -9,7 +9,7 @@
 #   COMPARE_ARGS="--v2-model-path DIR" bash scripts/run_llff_quality.sh start ...   # more compare.py options
 #   COMPARE_ARGS="--stop-after-warmup" ...; later, on another machine, COMPARE_ARGS="--warmup-run DIR" ...   # a job
 #                                     # split at the warm-up across device sessions (DIR: WORK/<scene>/runs/<scene>/
-#                                     # 3dsr/warm-up, carried back and in; flower's at the paper protocol is 82 MB)
+#                                     # 3dsr/warm-up, carried back and in by hand: collect leaves runs/ out)
 #   ISOLATED=1 bash scripts/run_llff_quality.sh start ...   # timings: one training process on the GPU at a time
 #                                     # (compare.py --jobs 1 --separate-processes: each method in a fresh process,
 #                                     # one after another; the scenes one after another, no MPS)
