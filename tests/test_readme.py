@@ -293,3 +293,27 @@ def test_sd_x4_vae_tile_figures_match_their_json():
     assert (f"a step takes {steps[0]:.2f} s with 256 px tiles, {steps[1]:.2f} s with 512 and {steps[2]:.2f} s with "
             f"1024, at a peak of {peaks[0]:.1f}, {peaks[1]:.1f} and {peaks[2]:.1f} GB") in README_WORDS
     assert DEFAULT_VAE_TILE_SIZE == 256 and steps[0] == min(steps)  # the default is the fastest measured
+
+
+def test_paper_schedule_figures_match_their_run():
+    """The flower run at the paper's schedule: the table's JSON (against the reduced table's LPIPS) and its detail
+    log."""
+    import re
+
+    table = json.loads((RESULTS / "quality-llff-paper-schedule.json").read_text())
+    assert table["protocol"] == "paper" and table["schedule"] == {"N0": 30000, "K": 4, "M": 5000}
+    run = table["scenes"]["flower"]["methods"]
+    reduced = json.loads((RESULTS / "quality-llff-paper.json").read_text())["scenes"]["flower"]["methods"]
+    dsr, per_frame = run["3dsr"], run["per-frame"]
+    assert (f"3dsr − per-frame = {dsr['psnr'] - per_frame['psnr']:+.3f} dB PSNR, "
+            f"{dsr['lpips_alex'] - per_frame['lpips_alex']:+.4f} LPIPS-Alex and "
+            f"{dsr['detail_consistency'] - per_frame['detail_consistency']:+.4f} detail consistency") in README_FLAT
+    assert (f"(per-frame {reduced['per-frame']['lpips_alex']:.4f} → {per_frame['lpips_alex']:.4f}, 3dsr "
+            f"{reduced['3dsr']['lpips_alex']:.4f} → {dsr['lpips_alex']:.4f})") in README_FLAT
+    excerpt = (RESULTS / "paper-schedule" / "flower" / "log-excerpt.txt").read_text()
+    logged = [tuple(map(float, m)) for m in re.findall(r"step \d detail energy .*: targets ([0-9.]+), renders ([0-9.]+)",
+                                                       excerpt)]
+    assert len(logged) == 3  # steps 2-4 of the 3dsr run
+    targets, renders = zip(*logged)
+    assert (f"the renders hold only {min(renders):.2f}–{max(renders):.2f} of step 1's detail energy, and the new "
+            f"targets fall from {targets[0]:.2f} at step 2 to {targets[-1]:.2f} at step 4") in README_FLAT
