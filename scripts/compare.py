@@ -50,6 +50,7 @@ from threedsr_ns.evaluation_report import write_report
 from threedsr_ns.llff import lr_names
 from threedsr_ns.pipeline import ThreeDSRPipelineConfig
 from threedsr_ns.runs import quiet, release_gpu_memory, setup_trainer
+from threedsr_ns.timing import IterationRecorder
 
 METHOD_SETTINGS: Dict[str, Dict[str, str]] = {
     "bicubic": {"sr_backend": "bicubic"},
@@ -116,7 +117,9 @@ def method_backend(method: str, args: Args) -> str:
 
 def train(method: str, args: Args, warmup_checkpoint: Optional[Path] = None) -> Tuple[Path, Dict[str, Optional[float]]]:
     """Train one method (or, for method "warm-up", only the LR warm-up); its config.yml and its cost: wall time of
-    the training (from the warm-up checkpoint on) and the peak GPU memory of this process while it trained."""
+    the training (from the warm-up checkpoint on), the peak GPU memory of this process while it trained, the Gaussian
+    count it ended with and the median wall time of one of its iterations (`ms_per_iteration`, IterationRecorder:
+    what tells a slower iteration from a longer start-up or slower guidance steps)."""
     config = threedsr_trainer_config()
     pipeline = config.pipeline
     pipeline.datamanager.data = args.data
@@ -139,9 +142,13 @@ def train(method: str, args: Args, warmup_checkpoint: Optional[Path] = None) -> 
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     trainer = setup_trainer(config)
+    recorder = IterationRecorder(trainer)
     trainer.train()
+    pace = recorder.ms_per_iteration(0, recorder.steps[-1] + 1) if recorder.steps else {}  # every step it trained
     cost = {"wall_s": time.perf_counter() - start,
-            "peak_gpu_mem_gb": torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None}
+            "peak_gpu_mem_gb": torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None,
+            "gaussians": int(trainer.pipeline.model.num_points),
+            "ms_per_iteration": pace.get("median_ms")}
     release_gpu_memory()
     return Path(trainer.base_dir) / "config.yml", cost
 

@@ -30,7 +30,7 @@ from PIL import Image
 
 KEYS = ("psnr", "ssim", "lpips_alex", "lpips_vgg", "dists", "lpips_alex_threedsr_code", "detail_consistency",
         "sr_target_detail_correlation", "hf_energy_ratio", "hf_energy_ratio_render", "lr_psnr", "wall_s",
-        "peak_gpu_mem_gb", "sr_target_disagreement")
+        "peak_gpu_mem_gb", "gaussians", "ms_per_iteration", "sr_target_disagreement")
 PAPER_LLFF = {  # 3DSR (ICCV 2025), authors' poster: LLFF x4, mean of 8 scenes (PSNR / SSIM / LPIPS-Alex)
     "StableSR per frame + 3DGS": {"psnr": 22.75, "ssim": 0.717, "lpips_alex": 0.219},
     "SuperGaussian": {"psnr": 23.05, "ssim": 0.725, "lpips_alex": 0.296},

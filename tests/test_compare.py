@@ -69,6 +69,9 @@ def test_compare_trains_and_scores_bicubic_per_frame_and_3dsr(tiny_fern: Path, t
         before, after = (torch.load(c, map_location="cpu", weights_only=False)["pipeline"] for c in (warmup[0], final[-1]))
         for key in ("_model.gauss_params.means", "_model.gauss_params.features_dc"):
             assert before[key].shape == after[key].shape and not torch.equal(before[key], after[key]), key
+        # the cost it records: the Gaussians it ended with, and the pace of the iterations it trained
+        assert scores[method]["gaussians"] == after["_model.gauss_params.means"].shape[0], method
+        assert 0 < scores[method]["ms_per_iteration"] * 1e-3 * (15 - 8) < scores[method]["wall_s"], method
 
     # the per-scene results merged into the quality table
     stem = tmp_path / "results" / "quality-llff"
