@@ -96,14 +96,20 @@ def test_v2_and_rerun_margins_match_their_runs():
             f"{margins(dsr, per_frame, 'lpips_alex', 4)} LPIPS-Alex on fern / flower") in README_WORDS
 
 
-def test_detail_log_figures_match_the_run_they_come_from():
+def logged_detail_energy(folder: str, scene: str) -> tuple:
+    """(targets, renders): the detail energies over step 1's SR that a committed 3dsr run logged at steps 2-4
+    (benchmarks/results/<folder>/<scene>/log-excerpt.txt)."""
     import re
 
-    excerpt = (RESULTS / "paper-protocol-isolated-s10" / "fern" / "log-excerpt.txt").read_text()
+    excerpt = (RESULTS / folder / scene / "log-excerpt.txt").read_text()
     logged = [tuple(map(float, m)) for m in re.findall(r"step \d detail energy .*: targets ([0-9.]+), renders ([0-9.]+)",
                                                        excerpt)]
     assert len(logged) == 3  # steps 2-4 of the 3dsr run
-    targets, renders = zip(*logged)
+    return tuple(zip(*logged))
+
+
+def test_detail_log_figures_match_the_run_they_come_from():
+    targets, renders = logged_detail_energy("paper-protocol-isolated-s10", "fern")
     assert (f"hold only {min(renders):.2f}–{max(renders):.2f} of its detail energy, and the new targets fall from "
             f"{targets[0]:.2f} at step 2 to {targets[-1]:.2f} at step 4") in README_FLAT
 
@@ -298,8 +304,6 @@ def test_sd_x4_vae_tile_figures_match_their_json():
 def test_paper_schedule_figures_match_their_run():
     """The flower run at the paper's schedule: the table's JSON (against the reduced table's LPIPS) and its detail
     log."""
-    import re
-
     table = json.loads((RESULTS / "quality-llff-paper-schedule.json").read_text())
     assert table["protocol"] == "paper" and table["schedule"] == {"N0": 30000, "K": 4, "M": 5000}
     run = table["scenes"]["flower"]["methods"]
@@ -310,10 +314,6 @@ def test_paper_schedule_figures_match_their_run():
             f"{dsr['detail_consistency'] - per_frame['detail_consistency']:+.4f} detail consistency") in README_FLAT
     assert (f"(per-frame {reduced['per-frame']['lpips_alex']:.4f} → {per_frame['lpips_alex']:.4f}, 3dsr "
             f"{reduced['3dsr']['lpips_alex']:.4f} → {dsr['lpips_alex']:.4f})") in README_FLAT
-    excerpt = (RESULTS / "paper-schedule" / "flower" / "log-excerpt.txt").read_text()
-    logged = [tuple(map(float, m)) for m in re.findall(r"step \d detail energy .*: targets ([0-9.]+), renders ([0-9.]+)",
-                                                       excerpt)]
-    assert len(logged) == 3  # steps 2-4 of the 3dsr run
-    targets, renders = zip(*logged)
+    targets, renders = logged_detail_energy("paper-schedule", "flower")
     assert (f"the renders hold only {min(renders):.2f}–{max(renders):.2f} of step 1's detail energy, and the new "
             f"targets fall from {targets[0]:.2f} at step 2 to {targets[-1]:.2f} at step 4") in README_FLAT
