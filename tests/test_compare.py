@@ -238,19 +238,23 @@ def test_quality_table_can_link_each_scenes_crops_instead_of_stacking_a_copy(tmp
 
 
 def test_a_job_split_at_the_warm_up_resumes_every_method_from_the_carried_warm_up(tiny_fern: Path, tmp_path: Path):
-    """--stop-after-warmup, the warm-up folder moved elsewhere (as a device session carries it back and the next one
-    carries it in), then --warmup-run: no second warm-up, and the methods start from the carried checkpoint."""
+    """--stop-after-warmup, the warm-up folder and the data moved elsewhere (as a device session carries them back and
+    the next one carries them in, to other paths), then --warmup-run: no second warm-up, and the methods start from the
+    carried checkpoint."""
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1")
-    common = ["--data", str(tiny_fern), "--backend", "tiny-random", "--warmup-iters", "8", "--denoise-steps", "2",
-              "--phase-iters", "4", "--crop", "48", "--methods", "bicubic"]
-    first = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "a"), *common, "--stop-after-warmup"],
-                           capture_output=True, text=True, env=env, timeout=600)
+    common = ["--backend", "tiny-random", "--warmup-iters", "8", "--denoise-steps", "2", "--phase-iters", "4",
+              "--crop", "48", "--methods", "bicubic"]
+    first = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "a"), "--data", str(tiny_fern), *common,
+                            "--stop-after-warmup"], capture_output=True, text=True, env=env, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert not (tmp_path / "a" / "compare.json").exists() and not (tmp_path / "a" / "runs" / "fern" / "3dsr" / "bicubic").exists()
     carried = tmp_path / "carried"
     shutil.move(str(tmp_path / "a" / "runs" / "fern" / "3dsr" / "warm-up"), carried)
     cost = json.loads((carried / "warmup.json").read_text())
     assert cost["wall_s"] > 0
+    data = tmp_path / "elsewhere" / "fern"
+    shutil.copytree(tiny_fern, data)
+    common += ["--data", str(data)]
 
     wrong = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "b"), *common, "--warmup-run",
                             str(carried), "--warmup-iters", "9"], capture_output=True, text=True, env=env, timeout=300)
@@ -264,6 +268,7 @@ def test_a_job_split_at_the_warm_up_resumes_every_method_from_the_carried_warm_u
     assert sorted(p.name for p in runs.iterdir()) == ["bicubic"]  # no warm-up trained again
     config = yaml.load((runs / "bicubic" / "config.yml").read_text(), Loader=yaml.Loader)
     assert config.load_checkpoint == carried / "nerfstudio_models" / "step-000000007.ckpt"
+    assert Path(config.pipeline.datamanager.data) == data  # trained on the data where it now is
     assert sorted((runs / "bicubic" / "nerfstudio_models").glob("*.ckpt"))[-1].name == "step-000000015.ckpt"
     summary = json.loads((tmp_path / "b" / "compare.json").read_text())
     assert summary["warmup"] == cost and 5 < summary["methods"]["bicubic"]["psnr"] < 50
