@@ -260,7 +260,8 @@ def write_table(args: Args, results: Dict[str, dict], warmup_cost: Optional[dict
 
 
 WARMUP_COST = "warmup.json"
-"""The shared warm-up's cost (wall_s, peak_gpu_mem_gb), in its run folder, for a later --warmup-run."""
+"""The shared warm-up's cost (train()'s: wall_s, peak_gpu_mem_gb, gaussians, ms_per_iteration), in its run folder,
+for a later --warmup-run."""
 
 
 def carried_warmup(run: Path, args: Args) -> Tuple[Path, Path, Optional[dict]]:
