@@ -46,7 +46,8 @@ def main() -> None:
     if args.from_json:
         result = json.loads(args.out.with_suffix(".json").read_text())
         table = markdown_table(result, list(args.methods))
-        args.out.with_suffix(".md").write_text(table + f"\n![crops]({args.out.name}-crops.png)\n")
+        crops = Path(f"{args.out}-crops.png")
+        args.out.with_suffix(".md").write_text(table + (f"\n![crops]({crops.name})\n" if crops.exists() else ""))
     else:
         paths = {"compact": args.v1_model_path, "compact-v2": args.v2_model_path}
         backends = {name: make_backend(name, model_path=str(paths[name]) if paths.get(name) else None,

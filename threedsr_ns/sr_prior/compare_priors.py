@@ -125,7 +125,8 @@ def compare_priors(cfg: PriorsConfig, backends: dict[str, SRBackend]) -> dict:
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown_table(result, list(backends)) + f"\n![crops]({out.name}-crops.png)\n")
+    crops = f"\n![crops]({out.name}-crops.png)\n" if figure else ""  # --figure-photos 0 writes no figure
+    out.with_suffix(".md").write_text(markdown_table(result, list(backends)) + crops)
     if figure:
         crop = min(cfg.figure_crop, *(min(r["gt"].shape[-2:]) for r in figure))
         crops_figure(figure, list(backends), Path(f"{out}-crops.png"), crop)
