@@ -44,7 +44,6 @@ def fmt(value, digits: int) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-
 def test_sampler_ablation_sentence_matches_its_tables():
     """"v2 stays below v1 in PSNR" under every sampler of heldout-v2-sampler/, on the photo count the README names."""
     folder = RESULTS / "heldout-v2-sampler"
@@ -54,6 +53,7 @@ def test_sampler_ablation_sentence_matches_its_tables():
         assert result["meta"]["sampler"] == name.replace("-", ":") + ":noised_lr"
         assert f"on {result['meta']['num_photos']} of the held-out photos, v2 stays below v1 in PSNR" in README_WORDS
         assert f"--sampler {name.replace('-', ':')}" in (folder / "README.md").read_text()
+
 
 def test_paper_protocol_table_matches_its_json():
     table = json.loads((RESULTS / "quality-llff-paper.json").read_text())
