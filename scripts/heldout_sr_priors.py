@@ -25,7 +25,8 @@ import tyro  # noqa: E402
 from threedsr_ns.backends import make_backend  # noqa: E402
 from threedsr_ns.backends.compact import CARD_FILE, PACKAGE_WEIGHTS_DIR_V2  # noqa: E402
 from threedsr_ns.sr_prior.train import replace_heldout_section  # noqa: E402
-from threedsr_ns.sr_prior.compare_priors import PriorsConfig, compare_priors, markdown_table  # noqa: E402
+from threedsr_ns.sr_prior.compare_priors import (  # noqa: E402
+    PriorsConfig, compare_priors, markdown_table, write_markdown)
 
 
 @dataclass
@@ -45,16 +46,15 @@ def main() -> None:
     args = tyro.cli(Args, description=__doc__)
     if args.from_json:
         result = json.loads(args.out.with_suffix(".json").read_text())
-        table = markdown_table(result, list(args.methods))
-        crops = Path(f"{args.out}-crops.png")
-        args.out.with_suffix(".md").write_text(table + (f"\n![crops]({crops.name})\n" if crops.exists() else ""))
+        table = write_markdown(result, list(args.methods), args.out, with_crops=Path(f"{args.out}-crops.png").exists())
     else:
         paths = {"compact": args.v1_model_path, "compact-v2": args.v2_model_path}
         backends = {name: make_backend(name, model_path=str(paths[name]) if paths.get(name) else None,
                                        device=args.device, seed=args.seed) for name in args.methods}
         result = compare_priors(args, backends)
         table = markdown_table(result, list(args.methods))
-        print(f"wrote {args.out}.json, .md, -crops.png in {result['meta']['wall_s']:.0f} s")
+        figure = ", -crops.png" if args.figure_photos else ""
+        print(f"wrote {args.out}.json, .md{figure} in {result['meta']['wall_s']:.0f} s")
     print(table)
     if args.update_card:
         card = (args.v2_model_path or PACKAGE_WEIGHTS_DIR_V2) / CARD_FILE

@@ -125,12 +125,18 @@ def compare_priors(cfg: PriorsConfig, backends: dict[str, SRBackend]) -> dict:
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    crops = f"\n![crops]({out.name}-crops.png)\n" if figure else ""  # --figure-photos 0 writes no figure
-    out.with_suffix(".md").write_text(markdown_table(result, list(backends)) + crops)
+    write_markdown(result, list(backends), out, with_crops=bool(figure))  # --figure-photos 0 writes no figure
     if figure:
         crop = min(cfg.figure_crop, *(min(r["gt"].shape[-2:]) for r in figure))
         crops_figure(figure, list(backends), Path(f"{out}-crops.png"), crop)
     return result
+
+
+def write_markdown(result: dict, names: list[str], out: Path, with_crops: bool) -> str:
+    """Write <out>.md: the table of `names`, linking <out>-crops.png only where that figure is written; the table."""
+    table = markdown_table(result, names)
+    out.with_suffix(".md").write_text(table + (f"\n![crops]({out.name}-crops.png)\n" if with_crops else ""))
+    return table
 
 
 def markdown_table(result: dict, names: list[str]) -> str:
