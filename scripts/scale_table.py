@@ -6,20 +6,23 @@
         $R/paper-protocol-isolated/fern $R/paper-protocol-sd4-random-isolated/fern $R/paper-protocol/fern \
         $R/paper-protocol/flower $R/paper-protocol-sd4-random/fern \
         --fox $S12/fox $S11/fox $S10/fox $S9-png1/fox $S9-png6/fox $R/paper-protocol-isolated/fox \
-        $R/paper-protocol-isolated-m2500/fox --fox-runs $R/paper-protocol-isolated/fox-per-frame \
+        $R/paper-protocol-isolated-m2500/fox $R/paper-protocol-isolated-default/fox \
+        --fox-runs $R/paper-protocol-isolated/fox-per-frame \
         --isolated $S12/fern $S11/fern $S10/fern $S9-png1/fern $S9-png6/fern $R/paper-protocol-isolated/fern \
         $R/paper-protocol-sd4-random-isolated/fern $S12/fox $S11/fox $S10/fox $S9-png1/fox $S9-png6/fox \
-        $R/paper-protocol-isolated/fox $R/paper-protocol-isolated-m2500/fox $R/paper-protocol-isolated/fox-per-frame \
+        $R/paper-protocol-isolated/fox $R/paper-protocol-isolated-m2500/fox $R/paper-protocol-isolated-default/fox \
+        $R/paper-protocol-isolated/fox-per-frame \
         --fox-scores $R/fox-x4-shared-gpu-scores.json --device "NVIDIA H200" \
         --note "$(cat $R/scale-h200.note.txt)" --out $R/scale-h200   # the committed table
 
 Reads scripts/compare.py's <folder>/compare.json of each run (each method's wall time and peak GPU memory, measured by
 the process that trained it, and the shared warm-up's), writes <out>.json and <out>.md. Per run:
-ratio_vs_no_diffusion = 3dsr's wall time / the bicubic run's, both from the warm-up checkpoint on (the same schedule
-and 3DGS work, no SR model); whole_run_ratio counts the shared LR warm-up in both. --isolated names the folders whose
-methods ran one process at a time on the GPU (run_llff_quality.sh with ISOLATED=1: since session 12 each method in
-a fresh process of its own, compare.py --separate-processes; before, one after another in the warm-up's process); the
-others shared it.
+ratio_vs_no_diffusion = 3dsr's wall time / the bicubic run's, both from the warm-up checkpoint on (the same schedule and
+3DGS work, no SR model); whole_run_ratio counts the shared LR warm-up in both; per_method also holds each method's final
+Gaussian count and median ms per iteration where compare.json has them (runs since commit 40babb6). --isolated names the
+folders whose methods ran one process at a time on the GPU (run_llff_quality.sh with ISOLATED=1: since session 12 each
+method in a fresh process of its own, compare.py --separate-processes; before, one after another in the warm-up's
+process); the others shared it.
 The fox capture's row also holds each method's quality against the original photos, with its wall time and peak GPU
 memory: from --fox, then from the --fox-runs folders and the --fox-scores JSON (runs with their own warm-up). A
 method found in more than one is listed once per run (`other_runs`), since runs from different warm-ups differ.
@@ -34,6 +37,7 @@ from typing import Optional, Tuple
 
 import tyro
 
+PACE_KEYS = ("wall_s", "peak_gpu_mem_gb", "gaussians", "ms_per_iteration")  # the last two: None before 40babb6
 FOX_KEYS = ("psnr", "ssim", "lpips_alex", "lpips_vgg", "dists", "lr_psnr", "hf_energy_ratio_render", "detail_consistency")
 
 
@@ -72,7 +76,7 @@ def run_entry(folder: Path, isolated: bool) -> dict:
             "schedule": result["schedule"], "isolated": isolated, "wall_s": ours["wall_s"],
             "ratio_vs_no_diffusion": ratio, "whole_run_ratio": whole,
             "warmup_wall_s": warmup, "peak_gpu_mem_gb": ours["peak_gpu_mem_gb"],
-            "per_method": {m: {"wall_s": v["wall_s"], "peak_gpu_mem_gb": v["peak_gpu_mem_gb"]} for m, v in methods.items()},
+            "per_method": {m: {k: v.get(k) for k in PACE_KEYS} for m, v in methods.items()},
             "folder": str(folder)}
 
 

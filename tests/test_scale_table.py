@@ -18,13 +18,14 @@ def compare_folder(folder: Path, methods: dict, warmup_s: float = 60.0) -> Path:
     return folder
 
 
-def method(psnr: float, wall_s: float) -> dict:
-    return {"psnr": psnr, "lpips_alex": 0.3, "wall_s": wall_s, "peak_gpu_mem_gb": 9.0}
+def method(psnr: float, wall_s: float, **pace) -> dict:
+    return {"psnr": psnr, "lpips_alex": 0.3, "wall_s": wall_s, "peak_gpu_mem_gb": 9.0, **pace}
 
 
 def test_ratios_and_every_fox_run_of_a_method_are_kept(tmp_path: Path):
     fern = compare_folder(tmp_path / "alone" / "fern", {"bicubic": method(23.0, 200.0), "3dsr": method(23.3, 230.0)})
-    fox = compare_folder(tmp_path / "alone" / "fox", {"bicubic": method(28.2, 259.0), "3dsr": method(28.3, 317.0)})
+    fox = compare_folder(tmp_path / "alone" / "fox", {"bicubic": method(28.2, 259.0, gaussians=1000, ms_per_iteration=21.5),
+                                                      "3dsr": method(28.3, 317.0, gaussians=1200, ms_per_iteration=23.0)})
     later = compare_folder(tmp_path / "later" / "fox", {"per-frame": method(27.5, 366.0)}, warmup_s=68.0)
     earlier = tmp_path / "earlier.json"
     earlier.write_text(json.dumps({"_about": "an earlier run", "per-frame": {"mean": {"psnr": 28.1, "lpips_alex": 0.39}},
@@ -39,6 +40,12 @@ def test_ratios_and_every_fox_run_of_a_method_are_kept(tmp_path: Path):
     fern_run = runs["fern-paper-compact-isolated"]
     assert abs(fern_run["ratio_vs_no_diffusion"] - 230 / 200) < 1e-9
     assert abs(fern_run["whole_run_ratio"] - (60 + 230) / (60 + 200)) < 1e-9  # the shared warm-up counted in both
+    # each method's pace where compare.json has it (runs since 40babb6), None where it does not
+    assert runs["fox-x4-compact-isolated"]["per_method"] == {
+        "bicubic": {"wall_s": 259.0, "peak_gpu_mem_gb": 9.0, "gaussians": 1000, "ms_per_iteration": 21.5},
+        "3dsr": {"wall_s": 317.0, "peak_gpu_mem_gb": 9.0, "gaussians": 1200, "ms_per_iteration": 23.0}}
+    assert fern_run["per_method"]["3dsr"] == {"wall_s": 230.0, "peak_gpu_mem_gb": 9.0, "gaussians": None,
+                                              "ms_per_iteration": None}
     metrics = runs["fox-x4-compact-isolated"]["metrics"]
     assert list(metrics) == ["bicubic", "3dsr", "per-frame"]
     # per-frame: the later run alone first, the earlier one kept beside it; 3dsr's earlier run kept too
