@@ -193,20 +193,24 @@ def test_scale_table_matches_its_json():
     assert all(runs_[longer]["lr_psnr"] - runs_[default]["lr_psnr"] > 2 for runs_ in (ours, base))  # the warm-up's
     assert (f"At the default schedule both methods score {min(lower):.1f}–{max(lower):.1f} dB lower than in the M=2500 "
             f"run (3dsr {ours[default]['psnr']:.3f} dB, bicubic {base[default]['psnr']:.3f})") in README_WORDS
-    view = {(run, m): per_view_psnr(f"paper-protocol-isolated-{run}", m)["0089"]
-            for run in ("default", "m2500") for m in ("bicubic", "3dsr")}
+    views = {(run, m): fox_views(f"paper-protocol-isolated-{run}", m) for run in ("default", "m2500")
+             for m in ("bicubic", "3dsr")}
+    view = {key: v["test_views"]["0089.png"]["psnr"] for key, v in views.items()}
     assert (f"Test view 0089 renders at {view['default', 'bicubic']:.2f} dB (bicubic) and {view['default', '3dsr']:.2f} "
             f"dB (3dsr), against {view['m2500', 'bicubic']:.2f} and {view['m2500', '3dsr']:.2f} in the M=2500 run"
             ) in README_WORDS
+    covisible = {key: [v["train_views"][f"{n}.png"]["covisible"] for n in ("0090", "0094", "0097")]
+                 for key, v in views.items()}  # "almost never co-visible" from the default schedule's warm-up
+    assert all(max(c) < 0.03 for (run, _), c in covisible.items() if run == "default")
+    assert all(min(c) > 0.4 for (run, _), c in covisible.items() if run == "m2500")
+    assert ("the warm-up's depth sees the nearby train views 0090, 0094 and 0097 as almost never co-visible with "
+            "their neighbours") in README_WORDS
 
 
-def per_view_psnr(run: str, method: str) -> dict:
-    """{test view: PSNR} from a fox run's evaluate_<method>/metrics.md (its per-test-view table)."""
-    import re
-
-    text = (RESULTS / run / "fox" / f"evaluate_{method}" / "metrics.md").read_text()
-    header = text.index("| test view | PSNR |")
-    return {name: float(psnr) for name, psnr in re.findall(r"^\| (\d+)\.png \| ([0-9.]+) \|", text[header:], re.M)}
+def fox_views(run: str, method: str) -> dict:
+    """A fox run's evaluate.py metrics.json: its per-view rows, {"test_views" | "train_views": {view: row}}."""
+    metrics = json.loads((RESULTS / run / "fox" / f"evaluate_{method}" / "metrics.json").read_text())
+    return {part: {row["name"]: row for row in metrics[part]} for part in ("test_views", "train_views")}
 
 
 def test_artifact_write_figures_match_their_json():
