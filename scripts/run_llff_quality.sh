@@ -24,18 +24,25 @@
 #   bash scripts/run_llff_quality.sh status WORK                    # tail of each log; "N of M scene(s) done"
 #   bash scripts/run_llff_quality.sh wait WORK MAX_S                # until WORK/all.done, at most MAX_S seconds
 #   bash scripts/run_llff_quality.sh collect WORK OUT               # one <scene>.tar.gz per started scene into OUT
-# status, wait and collect exit 3 at once when WORK is not on this machine (a device call after a pause finds a fresh
+#   bash scripts/run_llff_quality.sh stop WORK                      # end the job and every process it started
+# stop ends the job's whole process session (start runs it under setsid; WORK/job.pid), the methods' spawned training
+# processes too: `pkill -f compare.py` leaves a compare.py --separate-processes worker running (a multiprocessing
+# spawn child, whose command line names no script), which then shares the GPU with the next job (session 15's lost
+# bicubic baseline).
+# status, wait, collect and stop exit 3 at once when WORK is not on this machine (a device call after a pause finds a fresh
 # machine: the job is gone, and waiting would only spend device time).
 #
 # Each tarball holds compare.json/.md, crops.png, each method's evaluate_<method>/metrics.json/.md, the 3dsr
 # run's contact sheets, the log and log-excerpt.txt (its guidance-step timings and detail energies, run starts, tables
 # and errors, to commit beside the results) but not the checkpoints or the per-view SR targets: the device returns 8
-# files of 16 MB.
+# files of 16 MiB. A tarball over COLLECT_MAX_BYTES (default 15 MiB) is made again without its pictures and the full
+# log (compare.json, the metrics and log-excerpt.txt stay), and collect says so: session 15's 20 MB fern tarball
+# (2016x1512 contact sheets) did not come back.
 set -euo pipefail
 cmd=$1 work=$2
 shift 2
 case "$cmd" in  # these read a job's folder; on a fresh machine, say so at once (exit 3; see above)
-  status|wait|collect) [ -f "$work/scenes.txt" ] || { echo "$work: no job on this machine (a fresh one?)" >&2; exit 3; } ;;
+  status|wait|collect|stop) [ -f "$work/scenes.txt" ] || { echo "$work: no job on this machine (a fresh one?)" >&2; exit 3; } ;;
 esac
 case "$cmd" in
   start)
@@ -72,6 +79,8 @@ case "$cmd" in
     export OMP_NUM_THREADS=1  # up to 10 training processes on 16 cores
     [ -n "${ISOLATED:-}" ] && export OMP_NUM_THREADS=8
     setsid nohup bash -c "$job" > "$work/job.txt" 2>&1 < /dev/null &
+    echo $! > "$work/job.pid"  # a background child of this non-interactive shell is no group leader, so setsid
+    # makes it a session leader in place: its pid is the job's session id
     echo "started $# scene(s) under $work"
     ;;
   status)
@@ -103,8 +112,23 @@ case "$cmd" in
         | grep -E "denoise step|detail energy|done in|Saving config|Done loading Nerf|[Ee]rror|^\| |pre-flight" | cut -c1-220 \
         > "$work/$scene/log-excerpt.txt" || true
       tar -czf "$out/$scene.tar.gz" -C "$work" --exclude="$scene/runs" --exclude="$scene/shared_geometry.pt" "$scene"
+      if [ "$(stat -c %s "$out/$scene.tar.gz")" -gt "${COLLECT_MAX_BYTES:-15728640}" ]; then
+        tar -czf "$out/$scene.tar.gz" -C "$work" --exclude="$scene/runs" --exclude="$scene/shared_geometry.pt" \
+          --exclude="*.png" --exclude="$scene/$scene.log" "$scene"
+        echo "$scene: over ${COLLECT_MAX_BYTES:-15728640} bytes with its pictures; collected without them and the full log"
+      fi
     done
     ls -la "$out"
     ;;
-  *) echo "usage: $0 start|status|wait|collect WORK ..." >&2; exit 2 ;;
+  stop)
+    [ -f "$work/job.pid" ] || { echo "$work: no job.pid (a job started before stop existed?)" >&2; exit 3; }
+    sid=$(cat "$work/job.pid")
+    pkill -TERM -s "$sid" 2> /dev/null || true
+    for _ in $(seq 20); do pgrep -s "$sid" > /dev/null || break; sleep 0.5; done
+    pkill -KILL -s "$sid" 2> /dev/null || true
+    sleep 0.5
+    pgrep -s "$sid" > /dev/null && { echo "$work: processes of session $sid still running" >&2; exit 1; }
+    echo "stopped the job of $work (session $sid)"
+    ;;
+  *) echo "usage: $0 start|status|wait|collect|stop WORK ..." >&2; exit 2 ;;
 esac

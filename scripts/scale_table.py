@@ -3,22 +3,24 @@
     R=benchmarks/results S9=$R/paper-protocol-isolated-s9 S10=$R/paper-protocol-isolated-s10 \
         S11=$R/paper-protocol-isolated-s11 S12=$R/paper-protocol-isolated-s12
     python scripts/scale_table.py --llff $S12/fern $S11/fern $S10/fern $S9-png1/fern $S9-png6/fern \
-        $R/paper-protocol-isolated/fern $R/paper-protocol-sd4-random-isolated/fern $R/paper-protocol/fern \
+        $R/paper-protocol-isolated/fern $R/paper-protocol-sd4-random-isolated/fern \
+        $R/paper-protocol-sd4-random-n30000/fern $R/paper-protocol/fern \
         $R/paper-protocol/flower $R/paper-protocol-sd4-random/fern \
         --fox $S12/fox $S11/fox $S10/fox $S9-png1/fox $S9-png6/fox $R/paper-protocol-isolated/fox \
         $R/paper-protocol-isolated-m2500/fox $R/paper-protocol-isolated-default/fox \
         --fox-runs $R/paper-protocol-isolated/fox-per-frame \
         --isolated $S12/fern $S11/fern $S10/fern $S9-png1/fern $S9-png6/fern $R/paper-protocol-isolated/fern \
-        $R/paper-protocol-sd4-random-isolated/fern $S12/fox $S11/fox $S10/fox $S9-png1/fox $S9-png6/fox \
+        $R/paper-protocol-sd4-random-isolated/fern $R/paper-protocol-sd4-random-n30000/fern \
+        $S12/fox $S11/fox $S10/fox $S9-png1/fox $S9-png6/fox \
         $R/paper-protocol-isolated/fox $R/paper-protocol-isolated-m2500/fox $R/paper-protocol-isolated-default/fox \
-        $R/paper-protocol-isolated/fox-per-frame \
+        $R/paper-protocol-isolated/fox-per-frame --no-baseline $R/paper-protocol-sd4-random-n30000/fern \
         --fox-scores $R/fox-x4-shared-gpu-scores.json --device "NVIDIA H200" \
         --note "$(cat $R/scale-h200.note.txt)" --out $R/scale-h200   # the committed table
 
 Reads scripts/compare.py's <folder>/compare.json of each run (each method's wall time and peak GPU memory, measured by
 the process that trained it, and the shared warm-up's), writes <out>.json and <out>.md. Per run:
 ratio_vs_no_diffusion = 3dsr's wall time / the bicubic run's, both from the warm-up checkpoint on (the same schedule and
-3DGS work, no SR model); whole_run_ratio counts the shared LR warm-up in both; per_method also holds each method's final
+3DGS work, no SR model; n/a for the --no-baseline folders); whole_run_ratio counts the shared LR warm-up in both; per_method also holds each method's final
 Gaussian count and median ms per iteration where compare.json has them (runs since commit 40babb6). --isolated names the
 folders whose methods ran one process at a time on the GPU (run_llff_quality.sh with ISOLATED=1: since session 12 each
 method in a fresh process of its own, compare.py --separate-processes; before, one after another in the warm-up's
@@ -57,25 +59,28 @@ class Args:
     metrics with their source, beside the same methods' other runs."""
     isolated: Tuple[Path, ...] = ()
     """Those of the folders above whose methods ran one at a time on the GPU."""
+    no_baseline: Tuple[Path, ...] = ()
+    """Those of the folders above whose bicubic run is no no-diffusion baseline (it shared the GPU with a process left
+    running, say): their ratios are n/a, and their per_method still lists that run's figures."""
     device: str = ""
     note: str = ""
     """How the runs were made: command, concurrency, what was not run."""
 
 
-def run_entry(folder: Path, isolated: bool) -> dict:
+def run_entry(folder: Path, isolated: bool, baseline: bool = True) -> dict:
     result = json.loads((folder / "compare.json").read_text())
     methods = result["methods"]
     ours, plain = methods["3dsr"], methods.get("bicubic")
     warmup = result.get("warmup", {}).get("wall_s")
     ratio = whole = None
-    if plain and plain.get("wall_s"):
+    if baseline and plain and plain.get("wall_s"):
         ratio = ours["wall_s"] / plain["wall_s"]
         if warmup is not None:
             whole = (warmup + ours["wall_s"]) / (warmup + plain["wall_s"])
     return {"render_size": result["render_size"], "protocol": result["protocol"], "backend": result["backend"],
             "schedule": result["schedule"], "isolated": isolated, "wall_s": ours["wall_s"],
             "ratio_vs_no_diffusion": ratio, "whole_run_ratio": whole,
-            "warmup_wall_s": warmup, "peak_gpu_mem_gb": ours["peak_gpu_mem_gb"],
+            "warmup_wall_s": warmup, "peak_gpu_mem_gb": ours["peak_gpu_mem_gb"], "baseline_valid": baseline,
             "per_method": {m: {k: v.get(k) for k in PACE_KEYS} for m, v in methods.items()},
             "folder": str(folder)}
 
@@ -114,9 +119,10 @@ def _ratio(value: Optional[float]) -> str:
 def main() -> None:
     args = tyro.cli(Args, description=__doc__)
     isolated = {p.resolve() for p in args.isolated}
+    no_baseline = {p.resolve() for p in args.no_baseline}
     table: dict = {"device": args.device, "note": args.note, "runs": {}}
     for folder in (*args.llff, *args.fox):
-        entry = run_entry(folder, folder.resolve() in isolated)
+        entry = run_entry(folder, folder.resolve() in isolated, folder.resolve() not in no_baseline)
         stem = "fox-x4" if folder in args.fox else f"{folder.name}-paper"
         name = f"{stem}-{entry['backend']}" + ("-isolated" if entry["isolated"] else "")
         if name in table["runs"]:  # the same scene and setting again (e.g. later code): named after its folder too

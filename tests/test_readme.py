@@ -145,7 +145,7 @@ def test_small_protocol_table_matches_its_json():
 def test_scale_table_matches_its_json():
     runs = json.loads((RESULTS / "scale-h200.json").read_text())["runs"]
     rows = table_rows(r"(fern|flower|fox)-.*", 6)
-    assert len(rows) == len(runs) == 18
+    assert len(rows) == len(runs) == 19
 
     def ratio(value):
         return "n/a" if value is None else f"{value:.3f}x"
@@ -350,6 +350,35 @@ def test_cost_prose_figures_match_the_runs_they_come_from():
     bicubic_fern = [compare_methods(f"paper-protocol-isolated-{session}", "fern")["bicubic"]["wall_s"]
                     for session in ("s10", "s11", "s12")]
     assert "sessions 10, 11 and 12 ({:.0f} s, {:.0f} s, {:.0f} s)".format(*bicubic_fern) in README_WORDS
+
+
+def test_sd_x4_default_warmup_figures_match_their_runs():
+    """The SD x4 row after the default warm-up: no ratio (its bicubic run shared the GPU), and the prose's figures
+    from its compare.json and the two jobs' log excerpts."""
+    import re
+
+    folder = RESULTS / "paper-protocol-sd4-random-n30000"
+    run = json.loads((RESULTS / "scale-h200.json").read_text())["runs"][
+        "fern-paper-sd-x4-upscaler-random-isolated@paper-protocol-sd4-random-n30000"]
+    assert run["schedule"] == {"N0": 30000, "K": 4, "M": 2000} and run["backend"] == "sd-x4-upscaler-random"
+    assert (run["ratio_vs_no_diffusion"], run["whole_run_ratio"], run["baseline_valid"]) == (None, None, False)
+    stopped = (folder / "fern-m5000-stopped" / "log-excerpt.txt").read_text()
+    clocks = [3600 * int(h) + 60 * int(m) + int(sec) for h, m, sec in re.findall(
+        r"^\[(\d\d):(\d\d):(\d\d)\] (?:Saving config|3dsr denoise step 2/4 \(t=749\) at iteration 35000)", stopped, re.M)]
+    assert len(clocks) == 3  # warm-up's config, bicubic's config, bicubic's step 2 after 5000 HR iterations
+    warmup, phase = clocks[1] - clocks[0], clocks[2] - clocks[1]
+    assert run["warmup_wall_s"] <= warmup  # between the two config saves: the warm-up's training, its save, the spawn
+    excerpt = (folder / "fern" / "log-excerpt.txt").read_text()
+    ours = excerpt[excerpt.index("backend 'sd-x4-upscaler-random'"):]
+    steps = sorted(sum(float(v) for v in re.findall(r"([0-9.]+)s\b", parts))
+                   for parts in re.findall(r"denoise step [1-4] done:(.*)", ours))
+    assert len(steps) == 4
+    assert (f"ran its warm-up alone in {run['warmup_wall_s']:.0f} s and its bicubic run's first 5000 HR iterations in "
+            f"{phase} s") in README_WORDS
+    assert (f"{run['wall_s']:.0f} s for 8000 HR iterations, {run['peak_gpu_mem_gb']:.1f} GB at its peak, its 4 guidance "
+            f"steps {steps[0]:.1f}–{steps[-1]:.1f} s each") in README_WORDS
+    assert f"and {run['peak_gpu_mem_gb']:.1f} GB after the default warm-up" in README_WORDS
+    assert run["peak_gpu_mem_gb"] <= 40  # issue 14's memory target
 
 
 def test_sd_x4_vae_tile_figures_match_their_json():

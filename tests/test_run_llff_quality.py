@@ -90,7 +90,7 @@ def test_status_wait_and_collect_say_at_once_when_the_job_is_not_on_this_machine
     job that has ended, wait returns 0."""
     script = str(ROOT / "scripts" / "run_llff_quality.sh")
     gone = str(tmp_path / "gone")
-    for args in (["status", gone], ["wait", gone, "600"], ["collect", gone, str(tmp_path)]):
+    for args in (["status", gone], ["wait", gone, "600"], ["collect", gone, str(tmp_path)], ["stop", gone]):
         lost = subprocess.run(["bash", script, *args], capture_output=True, text=True, timeout=60)
         assert lost.returncode == 3 and f"{gone}: no job on this machine" in lost.stderr, (args, lost.stderr)
     typo = subprocess.run(["bash", script, "stauts", gone], capture_output=True, text=True, timeout=60)
@@ -103,3 +103,52 @@ def test_status_wait_and_collect_say_at_once_when_the_job_is_not_on_this_machine
     (work / "all.done").touch()
     done = subprocess.run(["bash", script, "wait", str(work), "60"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0 and "all.done after" in done.stdout
+
+
+def test_stop_ends_every_process_of_the_job(tmp_path: Path):
+    """stop ends the job's whole process session, children included (session 15: `pkill -f compare.py` left a
+    spawned training worker running, which shared the GPU with the next job). The job here waits for a file that
+    never comes, in a loop whose `sleep` is a child of the job's shell."""
+    script = str(ROOT / "scripts" / "run_llff_quality.sh")
+    work, scene = tmp_path / "work", tmp_path / "fern"
+    scene.mkdir()
+    env = dict(os.environ, ISOLATED="1", WAIT_FOR=str(tmp_path / "never"))
+    started = subprocess.run(["bash", script, "start", str(work), "8", "4", "bicubic", str(scene)], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert started.returncode == 0, started.stdout + started.stderr
+    sid = (work / "job.pid").read_text().strip()
+
+    def session() -> list:
+        found = subprocess.run(["pgrep", "-s", sid], capture_output=True, text=True)
+        return found.stdout.split()
+
+    deadline = time.monotonic() + 30
+    while len(session()) < 2:  # the job's shell and its sleep
+        assert time.monotonic() < deadline, session()
+        time.sleep(0.2)
+    stopped = subprocess.run(["bash", script, "stop", str(work)], capture_output=True, text=True, timeout=60)
+    assert stopped.returncode == 0 and f"session {sid}" in stopped.stdout, stopped.stdout + stopped.stderr
+    assert session() == [] and not (work / "all.done").exists()
+
+
+def test_collect_leaves_the_pictures_out_of_a_tarball_too_big_to_come_back(tmp_path: Path):
+    """A tarball over COLLECT_MAX_BYTES is made again without its pictures and the full log, keeping the results and
+    the excerpt (session 15: a 20 MB fern tarball with 2016x1512 contact sheets did not come back)."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    (work / "fern").mkdir(parents=True)
+    out.mkdir()
+    (work / "scenes.txt").write_text("1\n")
+    (work / "fern" / "compare.json").write_text('{"methods": {}}')
+    (work / "fern" / "contact_sheet_4.png").write_bytes(os.urandom(200_000))  # incompressible
+    (work / "fern.log").write_text("scene fern done in 310 s\n")
+    script = str(ROOT / "scripts" / "run_llff_quality.sh")
+    for limit, small in (("10000000", False), ("100000", True)):
+        collected = subprocess.run(["bash", script, "collect", str(work), str(out)], capture_output=True, text=True,
+                                   timeout=60, env=dict(os.environ, COLLECT_MAX_BYTES=limit))
+        assert collected.returncode == 0, collected.stdout + collected.stderr
+        with tarfile.open(out / "fern.tar.gz") as tar:
+            names = set(tar.getnames())
+        assert {"fern/compare.json", "fern/log-excerpt.txt"} <= names
+        assert ("fern/contact_sheet_4.png" in names, "fern/fern.log" in names) == (not small, not small), names
+        assert ("collected without them" in collected.stdout) == small
+        assert (out / "fern.tar.gz").stat().st_size < (100_000 if small else 10_000_000)

@@ -75,3 +75,22 @@ def test_a_scene_measured_again_gets_a_row_of_its_own_named_after_its_folder(tmp
     metrics = runs["fox-x4-compact-isolated"]["metrics"]  # the first fox folder heads the quality table
     assert metrics["3dsr"]["psnr"] == 28.4 and [r["psnr"] for r in metrics["3dsr"]["other_runs"]] == [28.3]
     assert "metrics" not in runs["fox-x4-compact-isolated@alone"]
+
+
+def test_a_run_without_a_valid_baseline_gets_no_ratio(tmp_path: Path):
+    """--no-baseline: a bicubic run that shared the GPU (session 15's, beside a worker left running) gives no ratio,
+    though its own figures stay listed; the other runs keep theirs."""
+    fern = compare_folder(tmp_path / "alone" / "fern", {"bicubic": method(23.0, 200.0), "3dsr": method(23.3, 230.0)})
+    shared = compare_folder(tmp_path / "shared" / "fern", {"bicubic": method(22.9, 421.0), "3dsr": method(21.1, 344.0)})
+    out = tmp_path / "scale"
+    result = subprocess.run([sys.executable, str(SCRIPT), "--llff", str(fern), str(shared), "--isolated", str(fern),
+                             str(shared), "--no-baseline", str(shared), "--out", str(out)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = json.loads(out.with_suffix(".json").read_text())["runs"]
+    bad, good = runs["fern-paper-compact-isolated@shared"], runs["fern-paper-compact-isolated"]
+    assert (bad["ratio_vs_no_diffusion"], bad["whole_run_ratio"], bad["baseline_valid"]) == (None, None, False)
+    assert bad["per_method"]["bicubic"]["wall_s"] == 421.0 and bad["wall_s"] == 344.0
+    assert good["baseline_valid"] and abs(good["ratio_vs_no_diffusion"] - 230 / 200) < 1e-9
+    assert ("| fern-paper-compact-isolated@shared | 2016x1512 | N0=50, K=4, M=10 | alone | 344 | n/a | n/a | 9.0 |"
+            in out.with_suffix(".md").read_text())
