@@ -25,24 +25,25 @@
 #   bash scripts/run_llff_quality.sh wait WORK MAX_S                # until WORK/all.done, at most MAX_S seconds
 #   bash scripts/run_llff_quality.sh collect WORK OUT               # one <scene>.tar.gz per started scene into OUT
 #   bash scripts/run_llff_quality.sh stop WORK                      # end the job and every process it started
-# stop ends the job's whole process session (start runs it under setsid; WORK/job.pid), the methods' spawned training
-# processes too: `pkill -f compare.py` leaves a compare.py --separate-processes worker running (a multiprocessing
-# spawn child, whose command line names no script), which then shares the GPU with the next job (session 15's lost
-# bicubic baseline).
-# status, wait, collect and stop exit 3 at once when WORK is not on this machine (a device call after a pause finds a fresh
-# machine: the job is gone, and waiting would only spend device time).
+# stop ends the job's whole process session (start runs it under setsid; WORK/job.pid), the methods' spawned
+# training processes too: `pkill -f compare.py` leaves a compare.py --separate-processes worker running (a
+# multiprocessing spawn child, whose command line names no script), which then shares the GPU with the next job
+# (the 2026-12-04 session's lost bicubic baseline).
+# status, wait, collect and stop exit 3 at once when WORK is not on this machine (a device call after a pause finds a
+# fresh machine: the job is gone, and waiting would only spend device time).
 #
 # Each tarball holds compare.json/.md, crops.png, each method's evaluate_<method>/metrics.json/.md, the 3dsr
 # run's contact sheets, the log and log-excerpt.txt (its guidance-step timings and detail energies, run starts, tables
 # and errors, to commit beside the results) but not the checkpoints or the per-view SR targets: the device returns 8
 # files of 16 MiB. A tarball over COLLECT_MAX_BYTES (default 15 MiB) is made again without its pictures and the full
-# log (compare.json, the metrics and log-excerpt.txt stay), and collect says so: session 15's 20 MB fern tarball
-# (2016x1512 contact sheets) did not come back.
+# log (compare.json, the metrics and log-excerpt.txt stay), and collect says so: the 2026-12-04 session's 20 MB fern
+# tarball (2016x1512 contact sheets) did not come back.
 set -euo pipefail
 cmd=$1 work=$2
 shift 2
 case "$cmd" in  # these read a job's folder; on a fresh machine, say so at once (exit 3; see above)
-  status|wait|collect|stop) [ -f "$work/scenes.txt" ] || { echo "$work: no job on this machine (a fresh one?)" >&2; exit 3; } ;;
+  status|wait|collect|stop)
+    [ -f "$work/scenes.txt" ] || { echo "$work: no job on this machine (a fresh one?)" >&2; exit 3; } ;;
 esac
 case "$cmd" in
   start)

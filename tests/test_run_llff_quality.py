@@ -106,7 +106,7 @@ def test_status_wait_and_collect_say_at_once_when_the_job_is_not_on_this_machine
 
 
 def test_stop_ends_every_process_of_the_job(tmp_path: Path):
-    """stop ends the job's whole process session, children included (session 15: `pkill -f compare.py` left a
+    """stop ends the job's whole process session, children included (2026-12-04: `pkill -f compare.py` left a
     spawned training worker running, which shared the GPU with the next job). The job here waits for a file that
     never comes, in a loop whose `sleep` is a child of the job's shell."""
     script = str(ROOT / "scripts" / "run_llff_quality.sh")
@@ -133,7 +133,7 @@ def test_stop_ends_every_process_of_the_job(tmp_path: Path):
 
 def test_collect_leaves_the_pictures_out_of_a_tarball_too_big_to_come_back(tmp_path: Path):
     """A tarball over COLLECT_MAX_BYTES is made again without its pictures and the full log, keeping the results and
-    the excerpt (session 15: a 20 MB fern tarball with 2016x1512 contact sheets did not come back)."""
+    the excerpt (2026-12-04: a 20 MB fern tarball with 2016x1512 contact sheets did not come back)."""
     work, out = tmp_path / "work", tmp_path / "out"
     (work / "fern").mkdir(parents=True)
     out.mkdir()

@@ -78,7 +78,7 @@ def test_a_scene_measured_again_gets_a_row_of_its_own_named_after_its_folder(tmp
 
 
 def test_a_run_without_a_valid_baseline_gets_no_ratio(tmp_path: Path):
-    """--no-baseline: a bicubic run that shared the GPU (session 15's, beside a worker left running) gives no ratio,
+    """--no-baseline: a bicubic run that shared the GPU (2026-12-04's, beside a worker left running) gives no ratio,
     though its own figures stay listed; the other runs keep theirs."""
     fern = compare_folder(tmp_path / "alone" / "fern", {"bicubic": method(23.0, 200.0), "3dsr": method(23.3, 230.0)})
     shared = compare_folder(tmp_path / "shared" / "fern", {"bicubic": method(22.9, 421.0), "3dsr": method(21.1, 344.0)})
