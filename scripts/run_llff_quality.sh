@@ -96,7 +96,7 @@ case "$cmd" in
     [ -f "$work/all.done" ] && echo "all.done after $(( $(date +%s) - begin )) s" || echo "not done after $max s"
     ;;
   collect)
-    out=$1
+    out=$1 max_bytes=${COLLECT_MAX_BYTES:-15728640}
     for log in "$work"/*.log; do
       scene=$(basename "$log" .log)
       [ -d "$work/$scene" ] || continue
@@ -112,11 +112,12 @@ case "$cmd" in
         END { flush() }' | grep -v "SyntaxWarning\|Step (% Done)\|^\s*$\|(.*%) " \
         | grep -E "denoise step|detail energy|done in|Saving config|Done loading Nerf|[Ee]rror|^\| |pre-flight" | cut -c1-220 \
         > "$work/$scene/log-excerpt.txt" || true
-      tar -czf "$out/$scene.tar.gz" -C "$work" --exclude="$scene/runs" --exclude="$scene/shared_geometry.pt" "$scene"
-      if [ "$(stat -c %s "$out/$scene.tar.gz")" -gt "${COLLECT_MAX_BYTES:-15728640}" ]; then
-        tar -czf "$out/$scene.tar.gz" -C "$work" --exclude="$scene/runs" --exclude="$scene/shared_geometry.pt" \
-          --exclude="*.png" --exclude="$scene/$scene.log" "$scene"
-        echo "$scene: over ${COLLECT_MAX_BYTES:-15728640} bytes with its pictures; collected without them and the full log"
+      pack() { tar -czf "$out/$scene.tar.gz" -C "$work" --exclude="$scene/runs" --exclude="$scene/shared_geometry.pt" \
+        "$@" "$scene"; }
+      pack
+      if [ "$(stat -c %s "$out/$scene.tar.gz")" -gt "$max_bytes" ]; then
+        pack --exclude="*.png" --exclude="$scene/$scene.log"
+        echo "$scene: over $max_bytes bytes with its pictures; collected without them and the full log"
       fi
     done
     ls -la "$out"

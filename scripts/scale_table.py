@@ -20,8 +20,9 @@
 Reads scripts/compare.py's <folder>/compare.json of each run (each method's wall time and peak GPU memory, measured by
 the process that trained it, and the shared warm-up's), writes <out>.json and <out>.md. Per run:
 ratio_vs_no_diffusion = 3dsr's wall time / the bicubic run's, both from the warm-up checkpoint on (the same schedule and
-3DGS work, no SR model; n/a for the --no-baseline folders); whole_run_ratio counts the shared LR warm-up in both; per_method also holds each method's final
-Gaussian count and median ms per iteration where compare.json has them (runs since commit 40babb6). --isolated names the
+3DGS work, no SR model; n/a for the --no-baseline folders); whole_run_ratio counts the shared LR warm-up in both;
+per_method also holds each method's final Gaussian count and median ms per iteration where compare.json has them (runs
+since commit 40babb6). --isolated names the
 folders whose methods ran one process at a time on the GPU (run_llff_quality.sh with ISOLATED=1: since session 12 each
 method in a fresh process of its own, compare.py --separate-processes; before, one after another in the warm-up's
 process); the others shared it.
