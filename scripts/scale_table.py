@@ -4,14 +4,14 @@
         S11=$R/paper-protocol-isolated-s11 S12=$R/paper-protocol-isolated-s12
     python scripts/scale_table.py --llff $S12/fern $S11/fern $S10/fern $S9-png1/fern $S9-png6/fern \
         $R/paper-protocol-isolated/fern $R/paper-protocol-sd4-random-isolated/fern \
-        $R/paper-protocol-sd4-random-n30000/fern $R/paper-protocol/fern \
-        $R/paper-protocol/flower $R/paper-protocol-sd4-random/fern \
+        $R/paper-protocol-sd4-random-n30000/fern $R/paper-protocol-sd4-random-n30000-m3000/fern \
+        $R/paper-protocol/fern $R/paper-protocol/flower $R/paper-protocol-sd4-random/fern \
         --fox $S12/fox $S11/fox $S10/fox $S9-png1/fox $S9-png6/fox $R/paper-protocol-isolated/fox \
         $R/paper-protocol-isolated-m2500/fox $R/paper-protocol-isolated-default/fox \
         --fox-runs $R/paper-protocol-isolated/fox-per-frame \
         --isolated $S12/fern $S11/fern $S10/fern $S9-png1/fern $S9-png6/fern $R/paper-protocol-isolated/fern \
         $R/paper-protocol-sd4-random-isolated/fern $R/paper-protocol-sd4-random-n30000/fern \
-        $S12/fox $S11/fox $S10/fox $S9-png1/fox $S9-png6/fox \
+        $R/paper-protocol-sd4-random-n30000-m3000/fern $S12/fox $S11/fox $S10/fox $S9-png1/fox $S9-png6/fox \
         $R/paper-protocol-isolated/fox $R/paper-protocol-isolated-m2500/fox $R/paper-protocol-isolated-default/fox \
         $R/paper-protocol-isolated/fox-per-frame --no-baseline $R/paper-protocol-sd4-random-n30000/fern \
         --fox-scores $R/fox-x4-shared-gpu-scores.json --device "NVIDIA H200" \
