@@ -412,12 +412,11 @@ def test_sd_x4_default_warmup_m3000_figures_match_their_run():
 
     excerpt = (RESULTS / "paper-protocol-sd4-random-n30000-m3000" / "fern" / "log-excerpt.txt").read_text()
     split = excerpt.rindex("\n", 0, excerpt.index("3dsr/3dsr/config.yml")) + 1  # that line's start
-    methods = {"bicubic": _logged_events(excerpt[:split]), "3dsr": _logged_events(excerpt[split:])}
+    theirs, mine = _logged_events(excerpt[:split]), _logged_events(excerpt[split:])  # bicubic's, 3dsr's
 
     def when(events, pattern):
         return [clock for clock, line in events if re.search(pattern, line)]
 
-    theirs, mine = methods["bicubic"], methods["3dsr"]
     # start-up: config saved -> pre-flight passed (3dsr) and -> step 1 began (bicubic, its last config save)
     start_up = when(mine, r"pre-flight passed")[0] - when(mine, r"Saving config")[0]
     bicubic_start = when(theirs, r"denoise step 1/4")[0] - when(theirs, r"Saving config")[-1]
