@@ -25,6 +25,14 @@
 #   bash scripts/run_llff_quality.sh wait WORK MAX_S                # until WORK/all.done, at most MAX_S seconds
 #   bash scripts/run_llff_quality.sh collect WORK OUT               # one <scene>.tar.gz per started scene into OUT
 #   bash scripts/run_llff_quality.sh stop WORK                      # end the job and every process it started
+#   bash scripts/run_llff_quality.sh collect-warmup WORK OUT FIRST COUNT   # pieces FIRST.. of the warm-ups, into OUT
+#   bash scripts/run_llff_quality.sh join-warmup PIECES DEST        # on the next machine: DEST/<scene>/warm-up
+# collect-warmup packs each scene's finished warm-up (config.yml, warmup.json, its last checkpoint: ~90 MB at fern's
+# N0=30000) once, in pieces of WARMUP_PIECE_BYTES (default 15000000) under WORK/warm-up-pieces, with an md5 of the
+# whole, and copies COUNT of them from the FIRST (0-based, over all scenes in order; md5 files come with each call)
+# into OUT; it says how many are left. Four pieces fit the 64 MiB that one device call brings back, so a warm-up
+# comes back over two calls while the methods train, and a job the session's GPU time cannot finish can go on in
+# the next session from join-warmup's DEST/<scene>/warm-up (COMPARE_ARGS="--warmup-run ...").
 # stop ends the job's whole process session (start runs it under setsid; WORK/job.pid), the methods' spawned
 # training processes too: `pkill -f compare.py` leaves a compare.py --separate-processes worker running (a
 # multiprocessing spawn child, whose command line names no script), which then shares the GPU with the next job
@@ -42,7 +50,7 @@ set -euo pipefail
 cmd=$1 work=$2
 shift 2
 case "$cmd" in  # these read a job's folder; on a fresh machine, say so at once (exit 3; see above)
-  status|wait|collect|stop)
+  status|wait|collect|stop|collect-warmup)
     [ -f "$work/scenes.txt" ] || { echo "$work: no job on this machine (a fresh one?)" >&2; exit 3; } ;;
 esac
 case "$cmd" in
@@ -132,5 +140,37 @@ case "$cmd" in
     pgrep -s "$sid" > /dev/null && { echo "$work: processes of session $sid still running" >&2; exit 1; }
     echo "stopped the job of $work (session $sid)"
     ;;
-  *) echo "usage: $0 start|status|wait|collect|stop WORK ..." >&2; exit 2 ;;
+  collect-warmup)
+    out=$1 first=$2 count=$3 pieces="$work/warm-up-pieces"
+    mkdir -p "$pieces"
+    for log in "$work"/*.log; do
+      scene=$(basename "$log" .log)
+      [ -f "$pieces/$scene.md5" ] && continue  # packed by an earlier call
+      cost=$(find "$work/$scene/runs" -path "*/warm-up/warmup.json" 2> /dev/null | head -1 || true)
+      [ -n "$cost" ] || { echo "$scene: its warm-up has not finished"; continue; }
+      run=$(dirname "$cost")
+      ckpt=$(ls "$run"/nerfstudio_models/step-*.ckpt | sort | tail -1)
+      tar -cf "$pieces/$scene.tar" -C "$(dirname "$run")" "warm-up/config.yml" "warm-up/warmup.json" \
+        "warm-up/nerfstudio_models/$(basename "$ckpt")"
+      split -b "${WARMUP_PIECE_BYTES:-15000000}" -a 3 -d "$pieces/$scene.tar" "$pieces/$scene.tar.piece."
+      (cd "$pieces" && md5sum "$scene.tar" > "$scene.md5" && rm "$scene.tar")
+    done
+    all=($(cd "$pieces" && ls | grep '\.tar\.piece\.' | sort || true))
+    for piece in "${all[@]:$first:$count}"; do cp "$pieces/$piece" "$out/"; done
+    cp "$pieces"/*.md5 "$out/" 2> /dev/null || true
+    left=$(( ${#all[@]} - first - count )); [ "$left" -lt 0 ] && left=0
+    echo "warm-up pieces $first..$(( first + count - 1 )) of ${#all[@]} copied; $left left"
+    ;;
+  join-warmup)
+    work=$(realpath "$work") dest=$(realpath -m "$1")
+    for sum in "$work"/*.md5; do
+      scene=$(basename "$sum" .md5)
+      mkdir -p "$dest/$scene"
+      cat "$work/$scene.tar.piece."* > "$dest/$scene.tar"
+      (cd "$dest" && md5sum -c --quiet "$sum") || { echo "$scene: pieces missing or damaged ($sum)" >&2; exit 1; }
+      tar -xf "$dest/$scene.tar" -C "$dest/$scene" && rm "$dest/$scene.tar"
+      echo "$scene: $dest/$scene/warm-up (for COMPARE_ARGS=\"--warmup-run $dest/$scene/warm-up\")"
+    done
+    ;;
+  *) echo "usage: $0 start|status|wait|collect|stop|collect-warmup|join-warmup WORK ..." >&2; exit 2 ;;
 esac

@@ -51,6 +51,41 @@ def test_the_detached_job_runs_its_own_snapshot_of_the_code(tiny_fern: Path, tmp
     assert "fern/compare.json" in names and not any(n.startswith(("fern/runs", "fern/shared_geometry")) for n in names)
     assert "| bicubic |" in excerpt and "scene fern done in" in excerpt and "Step (% Done)" not in excerpt
 
+    # the warm-up, back over two device calls in pieces (small ones here, so that there are several) and joined on
+    # the next machine into a folder for --warmup-run, byte for byte
+    script = str(ROOT / "scripts" / "run_llff_quality.sh")
+    warmup = work / "fern" / "runs" / "fern" / "3dsr" / "warm-up"
+    ckpt = sorted((warmup / "nerfstudio_models").glob("step-*.ckpt"))[-1]
+    packed = sum((warmup / name).stat().st_size for name in ("config.yml", "warmup.json")) + ckpt.stat().st_size
+    assert packed > 100_000  # so that tar's few kB of headers and padding keep it to four pieces of a third
+    piece_env = dict(os.environ, WARMUP_PIECE_BYTES=str(packed // 3 + 1))
+    calls = [tmp_path / "call1", tmp_path / "call2"]
+    said = []
+    for call, first in zip(calls, (0, 2)):
+        call.mkdir()
+        done = subprocess.run(["bash", script, "collect-warmup", str(work), str(call), str(first), "2"], env=piece_env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        said.append(done.stdout.strip().splitlines()[-1])
+    assert said == ["warm-up pieces 0..1 of 4 copied; 2 left", "warm-up pieces 2..3 of 4 copied; 0 left"], said
+    assert len(list(calls[0].glob("fern.tar.piece.*"))) == 2 and (calls[0] / "fern.md5").is_file()
+    carried = tmp_path / "carried"  # what the next session carries in: every piece and the md5
+    carried.mkdir()
+    for call in calls:
+        for f in call.iterdir():
+            shutil.copy(f, carried)
+    dest, incomplete = tmp_path / "next-machine", tmp_path / "incomplete"
+    shutil.copytree(carried, incomplete)
+    sorted(incomplete.glob("fern.tar.piece.*"))[-1].unlink()
+    joined = subprocess.run(["bash", script, "join-warmup", str(carried), str(dest)], capture_output=True, text=True,
+                            timeout=120)
+    assert joined.returncode == 0, joined.stdout + joined.stderr
+    for name in ("config.yml", "warmup.json", f"nerfstudio_models/{ckpt.name}"):
+        assert (dest / "fern" / "warm-up" / name).read_bytes() == (warmup / name).read_bytes(), name
+    broken = subprocess.run(["bash", script, "join-warmup", str(incomplete), str(tmp_path / "elsewhere")],
+                            capture_output=True, text=True, timeout=120)
+    assert broken.returncode == 1 and "fern: pieces missing or damaged" in broken.stderr, broken.stderr
+
 
 def test_the_excerpt_joins_the_records_rich_wrapped(tmp_path: Path):
     """A record rich wrapped onto an indented line without the file:line column comes out whole (the log lines of
@@ -85,12 +120,13 @@ def test_the_excerpt_joins_the_records_rich_wrapped(tmp_path: Path):
 
 def test_status_wait_and_collect_say_at_once_when_the_job_is_not_on_this_machine(tmp_path: Path):
     """A device call after a pause finds a fresh machine (session 14 lost 560 s of device time waiting there for a
-    job that was gone): status, wait and collect exit 3 naming the folder, where wait would otherwise sleep out its
-    600 s (the subprocess timeout fails the test first), while a mistyped subcommand still gets the usage line; on a
-    job that has ended, wait returns 0."""
+    job that was gone): status, wait, collect, stop and collect-warmup exit 3 naming the folder, where wait would
+    otherwise sleep out its 600 s (the subprocess timeout fails the test first), while a mistyped subcommand still
+    gets the usage line; on a job that has ended, wait returns 0."""
     script = str(ROOT / "scripts" / "run_llff_quality.sh")
     gone = str(tmp_path / "gone")
-    for args in (["status", gone], ["wait", gone, "600"], ["collect", gone, str(tmp_path)], ["stop", gone]):
+    for args in (["status", gone], ["wait", gone, "600"], ["collect", gone, str(tmp_path)], ["stop", gone],
+                 ["collect-warmup", gone, str(tmp_path), "0", "4"]):
         lost = subprocess.run(["bash", script, *args], capture_output=True, text=True, timeout=60)
         assert lost.returncode == 3 and f"{gone}: no job on this machine" in lost.stderr, (args, lost.stderr)
     typo = subprocess.run(["bash", script, "stauts", gone], capture_output=True, text=True, timeout=60)
