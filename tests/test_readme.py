@@ -121,6 +121,15 @@ def logged_detail_energy(folder: str, scene: str) -> tuple:
     return tuple(zip(*logged))
 
 
+def logged_step_seconds(log: str) -> list:
+    """Each guidance step's logged parts summed (noise, encode, denoise, decode, ...: "denoise step k done: ..."
+    lines), in the order the run logged them; 0 for a step with nothing to sample (bicubic)."""
+    import re
+
+    return [sum(float(v) for v in re.findall(r"([0-9.]+)s\b", parts))
+            for parts in re.findall(r"denoise step [1-4] done:(.*)", log)]
+
+
 def test_detail_log_figures_match_the_run_they_come_from():
     targets, renders = logged_detail_energy("paper-protocol-isolated-s10", "fern")
     assert (f"hold only {min(renders):.2f}–{max(renders):.2f} of its detail energy, and the new targets fall from "
@@ -301,9 +310,8 @@ def test_cost_prose_figures_match_the_runs_they_come_from():
 
     def phase(method: str, k: int, session: str = "s12") -> float:  # HR phase k of fox: step k's start to step
         run = log_of(session, "fox", method)  # k+1's, less step k's logged parts
-        parts = re.findall(rf"denoise step {k} done:(.*)", run)[0]
         return (clock(rf"3dsr denoise step {k + 1}/4", run) - clock(rf"3dsr denoise step {k}/4", run)
-                - sum(float(v) for v in re.findall(r"([0-9.]+)s\b", parts)))
+                - logged_step_seconds(run)[k - 1])
 
     longer = {k: phase("3dsr", k) - phase("bicubic", k) for k in (2, 3)}  # bicubic's step 1 has no timestamp
     assert max(longer, key=longer.get) == 3 and round(longer[3]) == 3
@@ -337,8 +345,7 @@ def test_cost_prose_figures_match_the_runs_they_come_from():
     assert (f"Over its {hr_iterations} HR iterations that pace is {paced:.0f} s of the {extra:.0f} s 3dsr took beyond "
             "bicubic") in README_WORDS
     default_run = log_of("default", "fox", "3dsr")
-    steps = sorted(sum(float(v) for v in re.findall(r"([0-9.]+)s\b", parts))
-                   for parts in re.findall(r"denoise step [1-4] done:(.*)", default_run))
+    steps = sorted(logged_step_seconds(default_run))
     assert len(steps) == 4
     assert f"its 4 guidance steps took {steps[0]:.2f}–{steps[-1]:.2f} s each (the logged parts" in README_WORDS
     assert baseline_noise("s12", "fern") == baseline_noise("s12", "fox") == 0.0  # the fixed sampler draws none
@@ -370,8 +377,7 @@ def test_sd_x4_default_warmup_figures_match_their_runs():
     assert run["warmup_wall_s"] <= warmup  # between the two config saves: the warm-up's training, its save, the spawn
     excerpt = (folder / "fern" / "log-excerpt.txt").read_text()
     ours = excerpt[excerpt.index("backend 'sd-x4-upscaler-random'"):]
-    steps = sorted(sum(float(v) for v in re.findall(r"([0-9.]+)s\b", parts))
-                   for parts in re.findall(r"denoise step [1-4] done:(.*)", ours))
+    steps = sorted(logged_step_seconds(ours))
     assert len(steps) == 4
     assert (f"ran its warm-up alone in {run['warmup_wall_s']:.0f} s, and its bicubic run reached step 2, 5000 HR "
             f"iterations on, {phase} s after saving its config") in README_WORDS
@@ -423,8 +429,7 @@ def test_sd_x4_default_warmup_m3000_figures_match_their_run():
     preflight = re.search(r"pre-flight passed in ([0-9.]+)s", excerpt[split:])[1]
     assert (f"its pre-flight passed {start_up} s after it saved its config (building the random SD ×4, then a "
             f"{preflight} s pre-flight), where bicubic began its first step {bicubic_start} s after") in README_WORDS
-    steps = [sum(float(v) for v in re.findall(r"([0-9.]+)s\b", line.split("done:")[1]))
-             for _, line in mine if re.search(r"denoise step [1-4] done:", line)]
+    steps = logged_step_seconds(excerpt[split:])
     assert len(steps) == 4
     assert (f"sum to {min(steps):.1f}–{max(steps):.1f} s each" in README_WORDS
             and f"decode ~9.7 s): {sum(steps):.0f} s" in README_WORDS)
