@@ -165,10 +165,10 @@ case "$cmd" in
     work=$(realpath "$work") dest=$(realpath -m "$1")
     for sum in "$work"/*.md5; do
       scene=$(basename "$sum" .md5)
-      mkdir -p "$dest/$scene"
+      mkdir -p "$dest"
       cat "$work/$scene.tar.piece."* > "$dest/$scene.tar"
       (cd "$dest" && md5sum -c --quiet "$sum") || { echo "$scene: pieces missing or damaged ($sum)" >&2; exit 1; }
-      tar -xf "$dest/$scene.tar" -C "$dest/$scene" && rm "$dest/$scene.tar"
+      mkdir -p "$dest/$scene" && tar -xf "$dest/$scene.tar" -C "$dest/$scene" && rm "$dest/$scene.tar"
       echo "$scene: $dest/$scene/warm-up (for COMPARE_ARGS=\"--warmup-run $dest/$scene/warm-up\")"
     done
     ;;
