@@ -130,6 +130,14 @@ def logged_step_seconds(log: str) -> list:
             for parts in re.findall(r"denoise step [1-4] done:(.*)", log)]
 
 
+def logged_parts(log: str, part: str, step: str = "[1-4]") -> list:
+    """One logged part (noise, encode, denoise, decode, render, ...) of each guidance step whose number matches
+    `step`, in seconds, in the order the run logged them."""
+    import re
+
+    return [float(v) for v in re.findall(rf"denoise step {step} done:.*?\b{part} ([0-9.]+)s", log)]
+
+
 def test_detail_log_figures_match_the_run_they_come_from():
     targets, renders = logged_detail_energy("paper-protocol-isolated-s10", "fern")
     assert (f"hold only {min(renders):.2f}–{max(renders):.2f} of its detail energy, and the new targets fall from "
@@ -279,8 +287,7 @@ def test_cost_prose_figures_match_the_runs_they_come_from():
         return excerpt[split:] if method == "3dsr" else excerpt[:split]
 
     def logged(scene: str, part: str, step: str = "[1-4]") -> list:  # the first two rows' runs: the 3dsr run's steps
-        run = log_of("s12", scene, "3dsr")
-        return sorted(float(v) for v in re.findall(rf"denoise step {step} done:.*?\b{part} ([0-9.]+)s", run))
+        return sorted(logged_parts(log_of("s12", scene, "3dsr"), part, step))
 
     fern, fox = logged("fern", "denoise"), logged("fox", "denoise")
     assert len(fern) == len(fox) == 4 and min(fern) > 0
@@ -383,6 +390,8 @@ def test_sd_x4_default_warmup_figures_match_their_runs():
             f"iterations on, {phase} s after saving its config") in README_WORDS
     assert (f"{run['wall_s']:.0f} s for 8000 HR iterations, {run['peak_gpu_mem_gb']:.1f} GB at its peak, its 4 guidance "
             f"steps {steps[0]:.1f}–{steps[-1]:.1f} s each") in README_WORDS
+    encode, unet, decode = (sum(v) / len(v) for v in (logged_parts(ours, p) for p in ("encode", "denoise", "decode")))
+    assert (f"VAE-tiled encode ~{encode:.0f} s, UNet ~{unet:.0f} s, tiled decode ~{decode:.1f} s)") in README_WORDS
     assert f"and {run['peak_gpu_mem_gb']:.1f} GB and " in README_WORDS  # "... GB after the default warm-up"
     assert run["peak_gpu_mem_gb"] <= 40  # issue 14's memory target
 
@@ -431,8 +440,10 @@ def test_sd_x4_default_warmup_m3000_figures_match_their_run():
             f"{preflight} s pre-flight), where bicubic began its first step {bicubic_start} s after") in README_WORDS
     steps = logged_step_seconds(excerpt[split:])
     assert len(steps) == 4
-    assert (f"sum to {min(steps):.1f}–{max(steps):.1f} s each" in README_WORDS
-            and f"decode ~9.7 s): {sum(steps):.0f} s" in README_WORDS)
+    encode, unet, decode = (sum(v) / len(v) for v in (logged_parts(excerpt[split:], p)
+                                                      for p in ("encode", "denoise", "decode")))
+    assert (f"sum to {min(steps):.1f}–{max(steps):.1f} s each (VAE-tiled encode ~{encode:.1f} s, UNet ~{unet:.0f} s, "
+            f"tiled decode ~{decode:.1f} s): {sum(steps):.0f} s") in README_WORDS
     # HR phases 1-3: bicubic from one step's start to the next (its steps take no time), 3dsr from one step's end
     starts = [when(events, rf"denoise step {k}/4")[0] for events in (theirs, mine) for k in (1, 2, 3, 4)]
     ends = when(mine, r"denoise step [1-3] done:")
@@ -442,6 +453,14 @@ def test_sd_x4_default_warmup_m3000_figures_match_their_run():
             "{}, {} and {} s".format(*mine_phases, *theirs_phases)) in README_WORDS
     assert (f"those three phases took {sum(mine_phases) / sum(theirs_phases) - 1:.0%} longer in all "
             f"({sum(mine_phases)} s against {sum(theirs_phases)})") in README_WORDS
+    # the extrapolation to the default M=5000: the fixed costs, plus bicubic's HR training at 3dsr's slower pace
+    fixed = start_up - bicubic_start + sum(steps)
+    hr_default = bicubic["wall_s"] * 4 * 5000 / (run["schedule"]["K"] * run["schedule"]["M"])
+    pace = sum(mine_phases) / sum(theirs_phases)
+    default = (run["warmup_wall_s"] + hr_default * pace + fixed) / (run["warmup_wall_s"] + hr_default)
+    assert (f"(~{round(fixed, -1):.0f} s of start-up and guidance, plus {pace - 1:.0%} of bicubic's "
+            f"~{round(hr_default, -2):.0f} s of HR training) the whole run would be ~{default:.2f}×") in README_WORDS
+    assert default > 1.10
     assert (f"{ours['gaussians']:,} against {bicubic['gaussians']:,} at the end" in README_WORDS
             and f"a median {ours['ms_per_iteration']:.1f} ms per iteration against {bicubic['ms_per_iteration']:.1f}"
             in README_WORDS)
