@@ -8,6 +8,7 @@ part with the pipeline's own timer, for a given number of views at a given LR si
     python scripts/benchmark_guidance.py --channels-last False --json ...  # in the contiguous memory format
     python scripts/benchmark_guidance.py --predraw-noise --json ...   # step 2's noise drawn ahead, as in the pipeline
     python scripts/benchmark_guidance.py --cudnn-benchmark --json ...  # cuDNN's autotuner instead of its heuristics
+    python scripts/benchmark_guidance.py --backend sd-x4-upscaler-random --vae-dtype float32 --json ...  # SD x4 VAE dtype
 
 For each case: step 1 (from the noised bicubic LR) and step 2 (the posterior step toward images standing in for the
 renders), --repeats times each after one untimed warm-up step (kernel selection, allocator), median seconds of each
@@ -24,7 +25,7 @@ import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Literal, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +62,8 @@ class Args:
     """Run the steps under cuDNN's autotuner (`torch.backends.cudnn.flags(benchmark=True)`, scoped to the cases, not
     set for the process): each convolution shape's fastest algorithm is measured on its first use, in the untimed
     warm-up step; default cuDNN's heuristics, as the pipeline runs."""
+    vae_dtype: Optional[Literal["float32", "bfloat16", "float16"]] = None
+    """The SD x4 VAE's dtype; default the backend's (sd_upscaler.vae_dtype_for: bfloat16 on CUDA, else float32)."""
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     json: Optional[Path] = None
     """Where to write the result (also printed)."""
@@ -136,6 +139,10 @@ def main() -> None:
         if not hasattr(backend, "use_channels_last"):
             raise SystemExit(f"--channels-last: the {backend.name} backend has no memory-format choice")
         backend.use_channels_last(args.channels_last)
+    if args.vae_dtype is not None:
+        if not hasattr(backend, "set_vae_dtype"):
+            raise SystemExit(f"--vae-dtype: the {backend.name} backend has no VAE")
+        backend.set_vae_dtype(getattr(torch, args.vae_dtype))
     backend.to(args.device)
     timesteps = backend.denoise_timesteps(args.denoise_steps, None)
     cuda = args.device.startswith("cuda")
@@ -145,7 +152,9 @@ def main() -> None:
               "tile_size": getattr(backend, tile_attr) if tile_attr else None,
               "tile_overlap": getattr(backend, "tile_overlap", None),
               "channels_last": getattr(backend, "channels_last", None), "predraw_noise": args.predraw_noise,
-              "cudnn_benchmark": args.cudnn_benchmark, "cases": {}}
+              "cudnn_benchmark": args.cudnn_benchmark,
+              "vae_dtype": str(backend.vae.dtype).removeprefix("torch.") if hasattr(backend, "vae") else None,
+              "cases": {}}
     autotune = torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=args.cudnn_benchmark,
                                           deterministic=torch.backends.cudnn.deterministic,
                                           allow_tf32=torch.backends.cudnn.allow_tf32)

@@ -48,6 +48,13 @@ def test_tile_size_reaches_the_sd_x4_vae_tiles(tmp_path: Path):
     table = json.loads(out.read_text())
     assert table["backend"] == "tiny-random" and table["tile_size"] == 32  # the default (256) would not tile 96x80
     assert table["tile_overlap"] is None and table["cases"]["t"]["step2"]["decode"] > 0
+    assert table["vae_dtype"] == "float32"  # on the CPU: bfloat16 is CUDA's default beside a float16 UNet
+    result = run("--backend", "tiny-random", "--case", "t=1x24x20", "--repeats", "1", "--vae-dtype", "bfloat16",
+                 "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(out.read_text())["vae_dtype"] == "bfloat16"
+    result = run("--backend", "bicubic", "--vae-dtype", "bfloat16", "--case", "t=1x8x8")
+    assert result.returncode != 0 and "bicubic backend has no VAE" in result.stderr.strip().splitlines()[-1]
     result = run("--backend", "tiny-random", "--tile-overlap", "8", "--case", "t=1x8x8")
     assert result.returncode != 0 and "has no denoising tiles" in result.stderr.strip().splitlines()[-1]
 
