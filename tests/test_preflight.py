@@ -5,7 +5,10 @@ images and masks are turned into what the loop needs (real fern images, tiny ran
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +46,28 @@ def one_line_preflight_error(data: Path, match: str, **overrides) -> str:
 def test_a_missing_image_is_named_before_caching(fern_copy: Path):
     (fern_copy / "images" / "image005.png").unlink()
     one_line_preflight_error(fern_copy, r"image005\.png does not exist: add the image or remove its frame")
+
+
+def test_ns_train_prints_the_fix_in_one_line_without_a_stack_trace(tiny_fern: Path, fern_copy: Path, tmp_path: Path):
+    """What the user sees: `ns-train` itself, as a subprocess. A bad input (a missing image) and a bad option (an
+    upscale factor the shipped prior was not trained for) each end the run at start-up with exit code 1 and the
+    error's one line on stderr, prefixed with the command, and no stack trace."""
+    missing = fern_copy / "images" / "image005.png"
+    missing.unlink()
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "empty_hf_cache"))
+    ns_train = [str(Path(sys.executable).parent / "ns-train"), "3dsr-preview", "--output-dir", str(tmp_path / "out"),
+                "--vis", "tensorboard", "--machine.device-type", "cpu"]
+    for data, args, line in (
+        (fern_copy, [], f"{missing} does not exist: add the image or remove its frame from transforms.json"),
+        (tiny_fern, ["--pipeline.sr-backend", "compact", "--pipeline.upscale-factor", "2"],
+         "SR backend 'compact' "),
+    ):
+        result = subprocess.run([*ns_train, *args, "--data", str(data)], capture_output=True, text=True, env=env,
+                                timeout=300)
+        output = result.stdout + result.stderr
+        assert result.returncode == 1, output[-3000:]
+        assert "Traceback" not in output
+        assert result.stderr.strip().splitlines()[-1].startswith(f"ns-train 3dsr-preview: {line}"), output[-3000:]
 
 
 def test_a_file_that_is_not_an_image_is_named(fern_copy: Path):

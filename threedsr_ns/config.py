@@ -17,6 +17,7 @@ from nerfstudio.plugins.types import MethodSpecification
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from threedsr_ns.checkpoints import FloatExponentialDecaySchedulerConfig, legacy_numpy_scalars
+from threedsr_ns.errors import SetupError
 from threedsr_ns.pipeline import ThreeDSRPipelineConfig
 
 
@@ -31,7 +32,10 @@ class ThreeDSRTrainer(Trainer):
         super().__init__(config, local_rank, world_size)
 
     def setup(self, test_mode="val") -> None:
-        super().setup(test_mode)
+        try:
+            super().setup(test_mode)
+        except SetupError as error:  # the user's to fix: the one line that says how, not a stack trace
+            raise SystemExit(f"ns-train {self.config.method_name}: {error}") from None
         if self.device == "cpu" and not torch.cuda.is_available() and self.config.method_name == "3dsr":
             CONSOLE.log(cpu_time_estimate(self.config.pipeline, self.pipeline.datamanager.lr_size))
 

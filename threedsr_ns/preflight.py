@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from threedsr_ns.errors import SetupError
+
 if TYPE_CHECKING:
     from threedsr_ns.pipeline import ThreeDSRPipeline
 
@@ -21,7 +23,7 @@ PROBE_LR_SIDE = 16
 """Side of the LR crop the guidance path is run on (the SR of a 16x16 LR patch takes well under a second)."""
 
 
-class PreflightError(ValueError):
+class PreflightError(SetupError, ValueError):
     """A capture or setting 3dsr cannot train on: one line naming the file or option, and the fix."""
 
 

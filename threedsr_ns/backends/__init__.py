@@ -19,6 +19,7 @@ from threedsr_ns.backends.base import SRBackend, default_device
 from threedsr_ns.backends.bicubic import BicubicBackend
 from threedsr_ns.backends.sd_x4_upscaler_config import DEFAULT_NOISE_LEVEL
 from threedsr_ns.backends.sd_x4_upscaler_config import MODEL_ID as SD_X4_MODEL_ID
+from threedsr_ns.errors import UnsupportedScaleError
 
 BACKEND_NAMES: tuple[str, ...] = (
     "sd-x4-upscaler",
@@ -161,7 +162,7 @@ def _make_compact(
     folder = Path(model_path) if model_path else default
     config = compact.CompactSRConfig.load(folder)  # small: check the scale before loading the weights
     if scale != config.scale:
-        raise ValueError(
+        raise UnsupportedScaleError(
             f"SR backend '{config.backend_name}' ({folder}) was trained for x{config.scale} only, but an upscale factor of "
             f"{scale} was asked for; pass --pipeline.upscale-factor {config.scale} or choose "
             "--pipeline.sr-backend bicubic"

@@ -12,6 +12,7 @@ import torch
 from threedsr_ns.backends.base import SRBackend
 from threedsr_ns.backends.sd_x4_upscaler_config import SCHEDULER_CONFIG
 from threedsr_ns.colorfix import bicubic_upsample
+from threedsr_ns.errors import UnsupportedScaleError
 from threedsr_ns.guidance import Timestep
 
 
@@ -73,7 +74,7 @@ class BicubicBackend(PixelSpaceBackend):
 
     def check_scale(self, scale: int) -> None:
         if scale != self.scale:
-            raise ValueError(
+            raise UnsupportedScaleError(
                 f"SR backend 'bicubic' was built for x{self.scale} but an upscale factor of {scale} was asked "
                 f"for; build it with make_backend('bicubic', scale={scale})"
             )

@@ -52,6 +52,7 @@ from safetensors.torch import load_file, save_file
 
 from threedsr_ns.backends.base import SRBackend, default_device
 from threedsr_ns.colorfix import bicubic_upsample
+from threedsr_ns.errors import SetupError
 from threedsr_ns.guidance import PredictionType, Timestep, model_output_to_x0
 
 PACKAGE_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights" / "compact_sr_x4"
@@ -88,7 +89,7 @@ ScheduleName = Literal["logsnr_linear", "linear", "scaled_linear", "cosine"]
 Conditioning = Literal["bicubic_lr", "realesrgan_residual"]
 
 
-class CompactWeightsMissingError(FileNotFoundError):
+class CompactWeightsMissingError(SetupError, FileNotFoundError):
     """A compact-prior folder lacks a file; the message names it and the command that makes it."""
 
 

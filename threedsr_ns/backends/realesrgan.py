@@ -34,6 +34,7 @@ from threedsr_ns.backends.base import default_device
 from threedsr_ns.backends.bicubic import PixelSpaceBackend, _scaled_linear_alphas_cumprod
 from threedsr_ns.backends.rrdbnet import RRDBNet, read_ncnn_state_dict
 from threedsr_ns.backends.sd_x4_upscaler_config import SCHEDULER_CONFIG
+from threedsr_ns.errors import SetupError, UnsupportedScaleError
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +52,13 @@ DEFAULT_TILE_PAD = 32
 """LR pixels of context around each tile, cropped off its output."""
 
 
-class RealESRGANWeightsMissingError(FileNotFoundError):
+class RealESRGANWeightsMissingError(SetupError, FileNotFoundError):
     """No Real-ESRGAN weights where they were looked for; the message says what to install or set."""
 
 
 def check_realesrgan_scale(scale: int) -> None:
     if scale != RRDBNet.scale:
-        raise ValueError(
+        raise UnsupportedScaleError(
             f"SR backend 'realesrgan' (Real-ESRGAN x4plus) produces x{RRDBNet.scale} only, but an upscale factor "
             f"of {scale} was asked for; pass --pipeline.upscale-factor {RRDBNet.scale} or choose "
             "--pipeline.sr-backend bicubic"

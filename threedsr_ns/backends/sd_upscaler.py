@@ -39,6 +39,7 @@ from safetensors.torch import save_file
 
 from threedsr_ns.backends import sd_x4_upscaler_config as x4_config
 from threedsr_ns.backends.base import SRBackend, default_device
+from threedsr_ns.errors import BackendLoadError, UnsupportedScaleError
 from threedsr_ns.guidance import Timestep, model_output_to_x0, randn
 
 logger = logging.getLogger(__name__)
@@ -68,9 +69,10 @@ def vae_dtype_for(dtype: torch.dtype, force_upcast: bool, device: torch.device) 
 
 
 def check_upscaler_scale(name: str, scale: int, produced: int = 4) -> None:
-    """Raise a ValueError unless `scale` is the one factor an SD x4-style upscaler produces."""
+    """Raise an UnsupportedScaleError (a ValueError) unless `scale` is the one factor an SD x4-style upscaler
+    produces."""
     if scale != produced:
-        raise ValueError(
+        raise UnsupportedScaleError(
             f"SR backend '{name}' cannot produce x{scale}: the SD x4 upscaler's latent grid is the LR grid "
             f"(its VAE downsamples x{produced}), so it only produces x{produced}; pass "
             f"--pipeline.upscale-factor {produced} or choose --pipeline.sr-backend bicubic"
@@ -216,7 +218,7 @@ class SDUpscalerBackend(SRBackend):
                 model_id_or_path, prompt, negative_prompt if use_cfg else None, device, dtype, local_files_only
             )
         except (OSError, EntryNotFoundError) as error:
-            raise RuntimeError(_load_error_message(model_id_or_path, error)) from None
+            raise BackendLoadError(_load_error_message(model_id_or_path, error)) from None
         return cls.from_components(
             unet,
             vae,
@@ -409,7 +411,7 @@ def _prompt_embeddings(
     try:
         from transformers import CLIPTextModel, CLIPTokenizer
     except ImportError:
-        raise RuntimeError(
+        raise BackendLoadError(
             f"Encoding the prompt for '{model_id_or_path}' needs the `transformers` package (pip install "
             f"transformers), or a {PROMPT_EMBEDS_FILE} for this prompt in the model folder (see "
             "threedsr_ns.backends.sd_upscaler.save_prompt_embeds)"
