@@ -63,7 +63,8 @@ class Args:
     set for the process): each convolution shape's fastest algorithm is measured on its first use, in the untimed
     warm-up step; default cuDNN's heuristics, as the pipeline runs."""
     vae_dtype: Optional[Literal["float32", "bfloat16", "float16"]] = None
-    """The SD x4 VAE's dtype; default the backend's (sd_upscaler.vae_dtype_for: bfloat16 on CUDA, else float32)."""
+    """The SD x4 VAE's dtype (SDUpscalerBackend.set_vae_dtype); default the backend's: float32 beside a float16 UNet,
+    as diffusers' pipeline upcasts it."""
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     json: Optional[Path] = None
     """Where to write the result (also printed)."""

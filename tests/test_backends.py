@@ -20,7 +20,6 @@ from threedsr_ns.backends.sd_upscaler import (
     SDUpscalerBackend,
     build_random_sd_x4_upscaler,
     save_prompt_embeds,
-    vae_dtype_for,
 )
 from threedsr_ns.colorfix import bicubic_upsample
 
@@ -365,22 +364,10 @@ def test_sd_vae_tiles_above_the_tile_size(fern: torch.Tensor) -> None:
     assert not backend.vae.use_tiling and backend.vae_tile_size is None
 
 
-def test_vae_dtype_beside_a_float16_unet() -> None:
-    """The SD x4 VAE never runs in float16 (its decoder overflows): bfloat16 on CUDA where the GPU has it, else
-    float32, as diffusers' pipeline upcasts; any other UNet dtype, or a VAE that asks for no upcast, is kept."""
-    cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert vae_dtype_for(torch.float16, True, cpu) == torch.float32
-    assert vae_dtype_for(torch.float16, False, cpu) == torch.float16
-    assert vae_dtype_for(torch.float32, True, cuda) == torch.float32
-    assert vae_dtype_for(torch.bfloat16, True, cuda) == torch.bfloat16
-    expected = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    assert vae_dtype_for(torch.float16, True, cuda) == expected
-
-
 def test_bfloat16_vae_agrees_with_float32_on_a_real_image(fern: torch.Tensor) -> None:
-    """The bfloat16 VAE (CUDA's default beside a float16 UNet) encodes and decodes a real photo as float32 does,
-    to bfloat16's precision: outputs stay float32, and the decode of the same latents is far closer to float32's
-    than the round trip's own error."""
+    """A bfloat16 VAE (set_vae_dtype; float32's range, so none of float16's overflow) encodes and decodes a real
+    photo as float32 does, to bfloat16's precision: outputs stay float32, and the decode of the same latents is far
+    closer to float32's than the round trip's own error."""
     backend = build_random_sd_x4_upscaler(device="cpu", seed=0, tiny=True, vae_tile_size=None)
     latents, images = backend.encode(fern), backend.decode(backend.encode(fern))
     backend.set_vae_dtype(torch.bfloat16)

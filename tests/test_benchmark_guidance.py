@@ -48,7 +48,7 @@ def test_tile_size_reaches_the_sd_x4_vae_tiles(tmp_path: Path):
     table = json.loads(out.read_text())
     assert table["backend"] == "tiny-random" and table["tile_size"] == 32  # the default (256) would not tile 96x80
     assert table["tile_overlap"] is None and table["cases"]["t"]["step2"]["decode"] > 0
-    assert table["vae_dtype"] == "float32"  # on the CPU: bfloat16 is CUDA's default beside a float16 UNet
+    assert table["vae_dtype"] == "float32"  # the backend's default
     result = run("--backend", "tiny-random", "--case", "t=1x24x20", "--repeats", "1", "--vae-dtype", "bfloat16",
                  "--json", str(out))
     assert result.returncode == 0, result.stderr[-3000:]

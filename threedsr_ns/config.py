@@ -37,7 +37,8 @@ class ThreeDSRTrainer(Trainer):
         except SetupError as error:  # the user's to fix: the one line that says how, not a stack trace
             raise SystemExit(f"ns-train {self.config.method_name}: {error}") from None
         if self.device == "cpu" and not torch.cuda.is_available() and self.config.method_name == "3dsr":
-            CONSOLE.log(cpu_time_estimate(self.config.pipeline, self.pipeline.datamanager.lr_size))
+            datamanager = self.pipeline.datamanager
+            CONSOLE.log(cpu_time_estimate(self.config.pipeline, datamanager.lr_size, datamanager.num_train_views))
 
     def _load_checkpoint(self) -> None:
         with legacy_numpy_scalars():  # a run resumed from a checkpoint written before the float schedules
@@ -127,20 +128,40 @@ threedsr_method = MethodSpecification(
 )
 
 
-CPU_MS_PER_MEGAPIXEL = 180_000.0
-"""Typical ms per training iteration per megapixel of the training image on the CPU rasterizer, measured on 2
-shared CPU cores with LLFF fern's 10k SfM points (2.1 s at 126x94, 48 s at 504x376): the start-up estimate."""
+CPU_MS_PER_ITERATION = (16325.4, 1.907)
+"""(a, b): one training iteration on the CPU rasterizer (2 CPU cores) takes ~a * MP**b ms at MP megapixels: the power
+law through the median LR (504x378) and HR (2016x1512) iterations of `ns-train 3dsr`'s first iterations on LLFF fern
+(benchmarks/results/cpu-fern.json, scripts/benchmark_cpu.py; an iteration's cost grows faster than its pixels there).
+Before the warm-up densifies: a lower bound."""
+
+CPU_MIN_MS_PER_ITERATION = 239.8
+"""No iteration is cheaper than the cheapest measured on 2 CPU cores: 3dsr-preview's at 126x94, with fewer Gaussians
+than the default (benchmarks/results/cpu-fern.json): the floor under the power law at small sizes."""
+
+CPU_GUIDANCE_S_PER_VIEW_MEGAPIXEL = 32.3
+"""Seconds of one compact-prior guidance step (its renders, denoising and decoding) per view and HR megapixel on 2
+CPU cores: the mean of the preview run's logged steps in benchmarks/results/cpu-fern.json."""
+
+CPU_PREVIEW_MINUTES = 11.9
+"""`ns-train 3dsr-preview` on LLFF fern at the small protocol (126x94 -> 504x376), 2 CPU cores: its wall time in
+benchmarks/results/cpu-fern.json."""
 
 
-def cpu_time_estimate(pipeline: ThreeDSRPipelineConfig, lr_size) -> str:
-    """One line: how long this schedule takes on the CPU rasterizer, and that 3dsr-preview exists."""
+def cpu_time_estimate(pipeline: ThreeDSRPipelineConfig, lr_size, views: int) -> str:
+    """One line: at least how long this schedule takes on 2 CPU cores, and that 3dsr-preview exists."""
     (h, w), s, schedule = lr_size, pipeline.upscale_factor, pipeline.schedule
     hr_iters = schedule.total_iterations - schedule.warmup_iters
-    lr_ms, hr_ms = (CPU_MS_PER_MEGAPIXEL * h * w * f * f / 1e6 for f in (1, s))
-    hours = (schedule.warmup_iters * lr_ms + hr_iters * hr_ms) / 3.6e6
-    return (f"[bold]3dsr[/bold] without CUDA: {schedule.total_iterations} iterations ({schedule.warmup_iters} at {w}x{h}, "
-            f"{hr_iters} at {s * w}x{s * h}; ~{lr_ms:.0f} / {hr_ms:.0f} ms each on 2 CPU cores) take about {hours:.0f} h; "
-            f"`ns-train 3dsr-preview` runs the same method on a short schedule (8.4 min for LLFF fern at 126x94 on 2 CPU cores)")
+    a, b = CPU_MS_PER_ITERATION
+    lr_ms, hr_ms = (max(a * (h * w * f * f / 1e6) ** b, CPU_MIN_MS_PER_ITERATION) for f in (1, s))
+    step_s = views * h * w * s * s / 1e6 * CPU_GUIDANCE_S_PER_VIEW_MEGAPIXEL
+    hours = (schedule.warmup_iters * lr_ms + hr_iters * hr_ms) / 3.6e6 + schedule.denoise_steps * step_s / 3600
+    took = f"{hours:.0f} h" if hours >= 1 else f"{hours * 60:.0f} min"
+    step = f"{step_s / 60:.0f} min" if step_s >= 60 else f"{step_s:.0f} s"
+    return (f"[bold]3dsr[/bold] without CUDA: {schedule.warmup_iters} iterations at {w}x{h}, then {schedule.denoise_steps} "
+            f"guidance steps over {views} views and {hr_iters} iterations at {s * w}x{s * h}, take at least ~{took} on 2 "
+            f"CPU cores (~{lr_ms / 1e3:.1f} / {hr_ms / 1e3:.1f} s an iteration before densification slows them, ~{step} "
+            f"a guidance step with the compact prior); `ns-train 3dsr-preview` runs the same method on a short "
+            f"schedule ({CPU_PREVIEW_MINUTES:.1f} min for LLFF fern at 126x94 on 2 CPU cores)")
 
 
 def threedsr_preview_trainer_config() -> ThreeDSRTrainerConfig:

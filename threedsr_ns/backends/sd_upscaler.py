@@ -8,9 +8,9 @@ What the pipeline does, and what is kept here (diffusers' pipeline_stable_diffus
   scaling_factor (0.08333): encode = E(2x - 1).mean * sf, decode = (D(z / sf) + 1) / 2.
 - The text prompt (optional, "" by default) is encoded once at load; classifier-free guidance
   runs only when guidance_scale > 1 and the prompt differs from the negative prompt.
-- The VAE does not run in float16 when the UNet does (its decoder overflows in half precision; the
-  pipeline upcasts it to float32): on CUDA with bfloat16 (float32's range) it runs in bfloat16, else in
-  float32 (`vae_dtype_for`; `set_vae_dtype` chooses another).
+- The VAE stays in float32 when the UNet runs in float16 (its decoder overflows in half precision;
+  the pipeline upcasts it too). `set_vae_dtype` runs it in another dtype, e.g. bfloat16 (float32's range;
+  scripts/benchmark_guidance.py --vae-dtype times it).
 - HR images larger than `vae_tile_size` (default 256 px, either side) are encoded and decoded with
   diffusers' own AutoencoderKL tiling (overlapping tiles, 25% blended overlap), so memory does not
   grow with the image (2016x1512 decodes in 11x8 tiles); the UNet runs on the whole LR grid.
@@ -57,15 +57,6 @@ weights, benchmarks/results/guidance-step-h200-sd4-tile{256,512,1024}.json)."""
 def default_dtype(device: torch.device) -> torch.dtype:
     """float16 on CUDA (the UNet is fine in half precision), float32 elsewhere."""
     return torch.float16 if device.type == "cuda" else torch.float32
-
-
-def vae_dtype_for(dtype: torch.dtype, force_upcast: bool, device: torch.device) -> torch.dtype:
-    """The VAE's dtype beside a UNet in `dtype`: the same, unless that is float16 and the VAE's config asks for an
-    upcast (SD x4: its decoder overflows in float16). Then bfloat16 on a CUDA device that has it (float32's exponent
-    range, tensor-core speed), else float32 as diffusers' pipeline does."""
-    if dtype != torch.float16 or not force_upcast:
-        return dtype
-    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
 
 
 def check_upscaler_scale(name: str, scale: int, produced: int = 4) -> None:
@@ -154,14 +145,12 @@ class SDUpscalerBackend(SRBackend):
         name: str = "sd-x4-upscaler",
         random_weights: bool = False,
         vae_tile_size: int | None = DEFAULT_VAE_TILE_SIZE,
-        vae_dtype: torch.dtype | None = None,
     ) -> SDUpscalerBackend:
         """Wrap loaded modules. prompt_embeds: [1, 77, cross_attention_dim] (negative likewise); CFG
-        runs when negative_prompt_embeds is given and guidance_scale > 1. vae_tile_size: see `set_vae_tiling`;
-        vae_dtype: default `vae_dtype_for`."""
+        runs when negative_prompt_embeds is given and guidance_scale > 1. vae_tile_size: see `set_vae_tiling`."""
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or default_dtype(device)
-        vae_dtype = vae_dtype or vae_dtype_for(dtype, vae.config.force_upcast, device)
+        vae_dtype = torch.float32 if dtype == torch.float16 and vae.config.force_upcast else dtype
         # Plain Module.to: diffusers' override warns on every dtype cast, even with nothing to keep in float32.
         torch.nn.Module.to(unet, device=device, dtype=dtype).eval().requires_grad_(False)
         torch.nn.Module.to(vae, device=device, dtype=vae_dtype).eval().requires_grad_(False)
