@@ -145,7 +145,7 @@ def test_methods_side_by_side_one_failing_keeps_the_others_scores(tiny_fern: Pat
         capture_output=True, text=True, env=env, timeout=1200)
     assert result.returncode != 0
     failed = result.stderr[result.stderr.index("methods that failed"):]
-    assert "per-frame: RuntimeError: Could not load the SR model" in failed and "hf download" in failed
+    assert "per-frame: BackendLoadError: Could not load the SR model" in failed and "hf download" in failed
     assert "bicubic:" not in failed
     scores = json.loads((out / "compare.json").read_text())["methods"]
     assert list(scores) == ["bicubic"] and 5 < scores["bicubic"]["psnr"] < 50
