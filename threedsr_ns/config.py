@@ -32,10 +32,16 @@ class ThreeDSRTrainer(Trainer):
         super().__init__(config, local_rank, world_size)
 
     def setup(self, test_mode="val") -> None:
+        """ns-train's: a SetupError (the user's to fix) ends the process with its one line and exit code 1, not a
+        stack trace. Code that builds the trainer itself calls `setup_raising` (threedsr_ns.runs.setup_trainer)."""
         try:
-            super().setup(test_mode)
-        except SetupError as error:  # the user's to fix: the one line that says how, not a stack trace
+            self.setup_raising(test_mode)
+        except SetupError as error:
             raise SystemExit(f"ns-train {self.config.method_name}: {error}") from None
+
+    def setup_raising(self, test_mode="val") -> None:
+        """`setup`, with a SetupError raised as it is (a script training several methods names the one that failed)."""
+        super().setup(test_mode)
         if self.device == "cpu" and not torch.cuda.is_available() and self.config.method_name == "3dsr":
             datamanager = self.pipeline.datamanager
             CONSOLE.log(cpu_time_estimate(self.config.pipeline, datamanager.lr_size, datamanager.num_train_views))

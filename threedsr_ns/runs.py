@@ -17,7 +17,7 @@ def setup_trainer(config):
     """The trainer, set up: data parsed, models built (plain splatfacto: threedsr_ns.model.OfflineSplatfactoModel)."""
     config.save_config()
     trainer = config.setup(local_rank=0, world_size=1)
-    trainer.setup()
+    getattr(trainer, "setup_raising", trainer.setup)()  # a 3dsr trainer's errors as exceptions, not SystemExit
     return trainer
 
 
