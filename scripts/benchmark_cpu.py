@@ -54,8 +54,7 @@ def timed_run(config, data: Path, out: Path, name: str, backend: str) -> dict:
     config.pipeline.datamanager.data = data
     config.pipeline.sr_backend = backend
     config.machine.device_type = "cpu"
-    config = quiet(config, out, name)
-    config.max_num_iterations = config.pipeline.schedule.total_iterations
+    config = quiet(config, out, name)  # ThreeDSRTrainer derives max_num_iterations from the schedule
     start = time.perf_counter()
     trainer = setup_trainer(config)
     recorder = IterationRecorder(trainer)
@@ -67,7 +66,7 @@ def timed_run(config, data: Path, out: Path, name: str, backend: str) -> dict:
     lr = recorder.ms_per_iteration(0, schedule.warmup_iters)
     hr = recorder.ms_per_iteration(schedule.warmup_iters, schedule.total_iterations)
     lr_mp, hr_mp = h * w / 1e6, h * w * s * s / 1e6
-    views = len(datamanager.train_dataset)
+    views = datamanager.num_train_views
     steps = [sum(v for part, v in entry.items() if part not in ("step", "iteration")) for entry in trainer.pipeline.guidance_log]
     return {"data": str(data), "lr_size": [w, h], "hr_size": [s * w, s * h],
             "schedule": {"N0": schedule.warmup_iters, "K": schedule.denoise_steps, "M": schedule.phase_iters},
