@@ -382,6 +382,40 @@ def test_bfloat16_vae_agrees_with_float32_on_a_real_image(fern: torch.Tensor) ->
     assert not torch.equal(images_bf16, images)  # it really ran in bfloat16
 
 
+def test_the_pipelines_vae_dtype_reaches_the_sd_x4_vae_and_nothing_else(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fern: torch.Tensor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--pipeline.sr-vae-dtype bfloat16 runs the SD x4 VAE in bfloat16 (float32 by default); naming a backend without a
+    VAE with it is one line before anything loads, and `auto` settling offline for the compact prior says it goes
+    unused."""
+    from threedsr_ns import backends
+    from threedsr_ns.errors import SetupError
+    from threedsr_ns.pipeline import ThreeDSRPipelineConfig, backend_kwargs
+
+    def build(**options):
+        return make_backend(**backend_kwargs(ThreeDSRPipelineConfig(**options)), device="cpu")
+
+    assert build(sr_backend="tiny-random").vae.dtype == torch.float32
+    backend = build(sr_backend="tiny-random", sr_vae_dtype="bfloat16")
+    assert backend.vae.dtype == torch.bfloat16 and backend.unet.dtype == torch.float32
+    assert backend.decode(backend.encode(fern)).dtype == torch.float32
+    missing = tmp_path / "no-such-prior"
+    for name in ("compact", "bicubic", "realesrgan"):  # the option is checked before any weights are looked for
+        with pytest.raises(SetupError) as error:
+            build(sr_backend=name, sr_model_path=str(missing), sr_vae_dtype="bfloat16")
+        message = str(error.value)
+        assert "\n" not in message and f"the {name} SR backend has no VAE" in message and "drop the option" in message
+    with pytest.raises(SetupError, match="float16 overflows"):
+        make_backend("tiny-random", device="cpu", vae_dtype="float16")
+    assert build(sr_backend="compact", sr_vae_dtype="float32").name == "compact"  # the default is no error
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.setattr(backends, "hub_reachable", lambda *a, **k: pytest.fail("auto must not touch the network"))
+    with caplog.at_level(logging.WARNING, logger="threedsr_ns.backends"):
+        assert build(sr_backend="auto", sr_vae_dtype="bfloat16").name == "compact"
+    assert "auto chose 'compact'" in caplog.text and "--pipeline.sr-vae-dtype goes unused" in caplog.text
+
+
 def test_compact_tiles_agree_with_untiled_and_leave_no_seams(fern: torch.Tensor) -> None:
     """Tiled denoising on the tiny config (random weights) on a real image, at 3DSR's last timestep (249)."""
     config = compact.tiny_config()

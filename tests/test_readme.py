@@ -481,6 +481,33 @@ def test_sd_x4_vae_tile_figures_match_their_json():
     assert DEFAULT_VAE_TILE_SIZE == 256 and steps[0] == min(steps)  # the default is the fastest measured
 
 
+def test_sd_x4_vae_dtype_figures_match_their_json():
+    """The bfloat16 VAE's step times, and the estimate for the M=3000 row they lead to (the saving over its 4 steps,
+    off 3dsr's time in the row's whole-run ratio), still over the 1.10x target."""
+    parts = {}
+    for dtype in ("bfloat16", "float32"):
+        r = json.loads((RESULTS / f"guidance-step-h100-sd4-vae-{dtype}.json").read_text())
+        assert (r["backend"], r["vae_dtype"], r["repeats"], r["predraw_noise"]) == (
+            "sd-x4-upscaler-random", dtype, 1, True)
+        assert "H100" in r["device"] and r["cases"]["fern"]["views"] == 17
+        parts[dtype] = r["cases"]["fern"]
+    bf16, f32 = parts["bfloat16"], parts["float32"]
+    assert (f"step 2 over fern's 17 views took {bf16['step2']['step']:.2f} s against {f32['step2']['step']:.2f} s "
+            f"(encode {bf16['step2']['encode']:.2f} s against {f32['step2']['encode']:.2f}, decode "
+            f"{bf16['step2']['decode']:.2f} s against {f32['step2']['decode']:.2f}), step 1 {bf16['step1']['step']:.2f} "
+            f"s against {f32['step1']['step']:.2f}") in README_WORDS
+    faster = 1 - (bf16["step1"]["step"] + bf16["step2"]["step"]) / (f32["step1"]["step"] + f32["step2"]["step"])
+    assert f"`bfloat16` took ~{round(faster, 1):.0%} less time a guidance step on an H100" in README_WORDS
+    saving = f32["step1"]["step"] - bf16["step1"]["step"] + 3 * (f32["step2"]["step"] - bf16["step2"]["step"])
+    run = json.loads((RESULTS / "scale-h200.json").read_text())["runs"][
+        "fern-paper-sd-x4-upscaler-random-isolated@paper-protocol-sd4-random-n30000-m3000"]
+    bicubic, ours = run["per_method"]["bicubic"], run["per_method"]["3dsr"]
+    ratio = (run["warmup_wall_s"] + ours["wall_s"] - saving) / (run["warmup_wall_s"] + bicubic["wall_s"])
+    assert (f"that is ~{saving:.0f} s of the {ours['wall_s'] - bicubic['wall_s']:.0f}, so the row would be "
+            f"~{ratio:.2f}×") in README_WORDS
+    assert ratio > 1.10
+
+
 def test_paper_schedule_figures_match_their_run():
     """The flower run at the paper's schedule: the table's JSON (against the reduced table's LPIPS) and its detail
     log."""

@@ -18,3 +18,7 @@ class UnsupportedScaleError(SetupError, ValueError):
 
 class BackendLoadError(SetupError, RuntimeError):
     """An SR model cannot be loaded (not on disk, hub offline, a package missing)."""
+
+
+class UnsupportedOptionError(SetupError, ValueError):
+    """An option the chosen SR backend cannot honour (e.g. a VAE dtype for a backend without a VAE)."""

