@@ -103,9 +103,9 @@ class ThreeDSRPipelineConfig(VanillaPipelineConfig):
     the GPU memory; larger ones run faster."""
     sr_vae_dtype: Literal["float32", "bfloat16"] = "float32"
     """The SD x4 upscaler's VAE dtype: bfloat16 (float32's range, so none of float16's overflow) made a guidance step
-    over fern's 17 views at 2016x1512 take ~30% less time on an H100 (benchmarks/results/guidance-step-h100-sd4-vae-*.json);
-    its effect on real SD x4 weights' images is not measured here, so float32 stays the default. Other backends have
-    no VAE: naming one with bfloat16 is an error."""
+    over fern's 17 views at 2016x1512 take ~30% less time on an H100
+    (benchmarks/results/guidance-step-h100-sd4-vae-*.json); its effect on real SD x4 weights' images is not measured
+    here, so float32 stays the default. Other backends have no VAE: naming one with bfloat16 is an error."""
     guidance_seed: int = 0
     """Seed of the diffusion noise, for reproducible runs: view i's noise at step k comes from its own generator,
     seeded guidance_seed + 1_000_003 k + i, so the SR targets do not depend on batching or --guidance-devices."""

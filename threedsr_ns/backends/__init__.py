@@ -85,8 +85,9 @@ def make_backend(
     `tile_size`: HR pixels per tile side of the backends that tile large images (realesrgan: its LR tiles are
     tile_size / 4; compact: denoising tiles; SD x4: VAE tiles); None: each backend's default; 0: never tile.
     `vae_dtype` ("float32" or "bfloat16"): the SD x4 upscaler's VAE dtype (`SDUpscalerBackend.set_vae_dtype`); None:
-    float32. The other backends have no VAE: naming them with it is an error (`auto` settling for the compact prior
-    says in its log line that the option goes unused).
+    the backend's own (float32 beside a float16 UNet, as diffusers' pipeline upcasts it). The other backends have no
+    VAE: naming them with it is an error (`auto` settling for the compact prior says in its log line that the option
+    goes unused).
     device None: CUDA when available; dtype None: float16 on CUDA, float32 otherwise. `scale` is
     the upscale factor asked for: a backend that cannot produce it raises before loading anything.
     `prompt`, `negative_prompt`, `guidance_scale` and `noise_level` only apply to the SD x4 upscaler;
