@@ -232,6 +232,51 @@ def test_small_tiles_binning():
         assert_close(a[k].grad, b[k].grad, 1e-7)
 
 
+@pytest.mark.parametrize("dense", [False, True])
+def test_a_render_without_autograd_matches_the_reference(dense):
+    """A render alone (guidance, eval, the viewer: no autograd) blends the decision pass's alphas instead of computing
+    them again: the same image as with autograd, and as the brute-force reference, the 1e-4 stop included."""
+    scene = make_scene(n=25, sh_degree=3, dense=dense, seed=3)
+    bg = torch.tensor([0.2, 0.5, 0.9], dtype=DT)
+    (_, img, alpha, _), (_, r_img, r_alpha, refs) = render_both(scene, 3, "classic", bg=bg)
+    assert not dense or sum(r["n_stops"] for r in refs) > 10
+    viewmats, Ks = make_cameras(12, 10, 2, DT)
+    with torch.no_grad():
+        fast, fast_alpha, _ = rasterization(scene["means"], scene["quats"], scene["scales"], scene["opacities"],
+                                            scene["colors"], viewmats, Ks, 12, 10, sh_degree=3, render_mode="RGB+ED",
+                                            backgrounds=bg.expand(2, 3), absgrad=True)
+    assert_close(fast, r_img, 1e-9)
+    assert_close(fast_alpha, r_alpha, 1e-9)
+    assert_close(fast, img.detach(), 1e-12)
+
+
+def test_the_reference_rasterizer_runs_outside_a_torch_function_mode():
+    """splatfacto's get_outputs runs under cpu_fallback.cuda_calls_stay_put; the rasterizer it is given passes
+    through that mode as one call (its own ~100 ops per tile would each go through Python), with the same image."""
+    from threedsr_ns.cpu_fallback import cuda_calls_stay_put, reference_rasterization
+
+    class Counting(cuda_calls_stay_put):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.seen.append(func)
+            return super().__torch_function__(func, types, args, kwargs)
+
+    scene = make_scene(sh_degree=3, seed=4)
+    viewmats, Ks = make_cameras(12, 10, 2, DT)
+    kwargs = dict(scene, viewmats=viewmats, Ks=Ks, width=12, height=10, sh_degree=3)  # keywords, as splatfacto
+    expected, _, _ = rasterization(**kwargs)
+    with Counting() as mode:
+        through, _, _ = reference_rasterization(**kwargs)
+        seen_through = list(mode.seen)
+        rasterization(**kwargs)
+    assert seen_through == [reference_rasterization]
+    assert len(mode.seen) > 100  # what the mode sees of the rasterizer called directly
+    assert torch.equal(through, expected)
+
+
 def test_float32_close_to_reference():
     scene = make_scene(sh_degree=3, dtype=torch.float32, seed=7)
     (a, img, alpha, _), (b, r_img, r_alpha, _) = render_both(scene, 3, "classic")

@@ -146,6 +146,9 @@ def _composite(pix, m, conics, opacities, colors, hook_for=None):
         cols = torch.nonzero(use.any(0)).squeeze(1)
     if cols.numel() == 0:
         return colors.new_zeros(pix.shape[0], colors.shape[-1]), colors.new_ones(pix.shape[0])
+    needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in (m, conics, opacities, colors))
+    if not needs_graph:  # a render only (guidance, eval, viewer): the decision pass's alphas are the ones to use
+        return _blend(alpha[:, cols].masked_fill(~use[:, cols], 0.0), colors[cols])
     # Autograd only over Gaussians that reach some pixel of the tile: the others would
     # have alpha 0 and zero gradient anyway, so dropping them is exact and keeps the
     # saved tensors proportional to the real work (like gsplat's early exit).
@@ -154,10 +157,14 @@ def _composite(pix, m, conics, opacities, colors, hook_for=None):
     if hook_for is not None:
         m_pp.register_hook(hook_for(cols))  # sees dL_pixel/dmeans2d per pair (absgrad)
     _, alpha = pair_alpha(m_pp, conics[cols], opacities[cols])
-    alpha = alpha.masked_fill(~use, 0.0)
+    return _blend(alpha.masked_fill(~use, 0.0), colors[cols])
+
+
+def _blend(alpha, colors):
+    """Front-to-back blending of per-pair alphas [P, K] (depth order, 0 where unused): ([P, D], T [P])."""
     T_after = torch.cumprod(1 - alpha, dim=1)  # (1 - alpha) >= 1e-3: cumprod grad is stable
     T_before = torch.cat([torch.ones_like(T_after[:, :1]), T_after[:, :-1]], dim=1)
-    return (alpha * T_before) @ colors[cols], T_after[:, -1]
+    return (alpha * T_before) @ colors, T_after[:, -1]
 
 
 def _rasterize_camera(means2d, conics, colors, opacities, radii, depths, width, height,
