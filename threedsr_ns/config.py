@@ -134,21 +134,21 @@ threedsr_method = MethodSpecification(
 )
 
 
-CPU_MS_PER_ITERATION = (16325.4, 1.907)
+CPU_MS_PER_ITERATION = (14365.2, 1.939)
 """(a, b): one training iteration on the CPU rasterizer (2 CPU cores) takes ~a * MP**b ms at MP megapixels: the power
 law through the median LR (504x378) and HR (2016x1512) iterations of `ns-train 3dsr`'s first iterations on LLFF fern
 (benchmarks/results/cpu-fern.json, scripts/benchmark_cpu.py; an iteration's cost grows faster than its pixels there).
 Before the warm-up densifies: a lower bound."""
 
-CPU_MIN_MS_PER_ITERATION = 239.8
+CPU_MIN_MS_PER_ITERATION = 191.0
 """No iteration is cheaper than the cheapest measured on 2 CPU cores: 3dsr-preview's at 126x94, with fewer Gaussians
 than the default (benchmarks/results/cpu-fern.json): the floor under the power law at small sizes."""
 
-CPU_GUIDANCE_S_PER_VIEW_MEGAPIXEL = 32.3
+CPU_GUIDANCE_S_PER_VIEW_MEGAPIXEL = 26.9
 """Seconds of one compact-prior guidance step (its renders, denoising and decoding) per view and HR megapixel on 2
 CPU cores: the mean of the preview run's logged steps in benchmarks/results/cpu-fern.json."""
 
-CPU_PREVIEW_MINUTES = 11.9
+CPU_PREVIEW_MINUTES = 9.6
 """`ns-train 3dsr-preview` on LLFF fern at the small protocol (126x94 -> 504x376), 2 CPU cores: its wall time in
 benchmarks/results/cpu-fern.json."""
 
