@@ -252,7 +252,7 @@ def test_a_render_without_autograd_matches_the_reference(dense):
 
 def test_the_reference_rasterizer_runs_outside_a_torch_function_mode():
     """splatfacto's get_outputs runs under cpu_fallback.cuda_calls_stay_put; the rasterizer it is given passes
-    through that mode as one call (its own ~100 ops per tile would each go through Python), with the same image."""
+    through that mode as one call (its own ~80 ops per tile would each go through Python), with the same image."""
     from threedsr_ns.cpu_fallback import cuda_calls_stay_put, reference_rasterization
 
     class Counting(cuda_calls_stay_put):
