@@ -14,7 +14,6 @@ each --repeats times (median), and the MB on disk of one step's PNGs at both lev
 
 from __future__ import annotations
 
-import json
 import platform
 import statistics
 import tempfile
@@ -29,6 +28,7 @@ import tyro
 from PIL import Image
 
 from threedsr_ns.artifacts import PNG_COMPRESS_LEVEL, ArtifactWriter, save_sr_targets
+from threedsr_ns.runs import print_and_save_json
 
 
 @dataclass
@@ -74,10 +74,7 @@ def main() -> None:
     result = {"views": args.views, "size": [int(w), int(h)], "images": str(args.images), "repeats": args.repeats,
               "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
               "compress_level": PNG_COMPRESS_LEVEL, **{f"{k}_s": statistics.median(v) for k, v in times.items()}, **sizes}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json is not None:
-        args.json.write_text(text + "\n")
+    print_and_save_json(result, args.json)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ construction to its last step:
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -32,7 +31,7 @@ import torch
 import tyro
 
 from threedsr_ns.config import threedsr_preview_trainer_config, threedsr_trainer_config
-from threedsr_ns.runs import quiet, setup_trainer
+from threedsr_ns.runs import print_and_save_json, quiet, setup_trainer
 from threedsr_ns.timing import IterationRecorder
 
 
@@ -86,11 +85,7 @@ def main() -> None:
     pace = threedsr_trainer_config()
     pace.pipeline.warmup_iters, pace.pipeline.denoise_steps, pace.pipeline.phase_iters = args.pace_warmup, 1, args.pace_phase
     result["runs"]["pace"] = timed_run(pace, args.pace_data, args.out, "pace", "bicubic")
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    print_and_save_json(result, args.json)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ Timing only; the outputs are never looked at.
 
 from __future__ import annotations
 
-import json
 import platform
 import re
 import statistics
@@ -35,6 +34,7 @@ from threedsr_ns.backends import make_backend
 from threedsr_ns.colorfix import bicubic_upsample
 from threedsr_ns.guidance import predraw_posterior_noise, view_generators
 from threedsr_ns.sampler import sampler_step
+from threedsr_ns.runs import print_and_save_json
 from threedsr_ns.timing import SectionTimer
 
 
@@ -162,11 +162,7 @@ def main() -> None:
     with autotune:
         for name, views, width, height in cases:
             run_case(result, backend, timesteps, name, views, width, height, args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    print_and_save_json(result, args.json)
 
 
 if __name__ == "__main__":

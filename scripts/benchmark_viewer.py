@@ -15,7 +15,6 @@ median ms/iteration of each HR phase.
 from __future__ import annotations
 
 import io
-import json
 import statistics
 import threading
 import time
@@ -29,7 +28,7 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocati
 from PIL import Image
 
 from threedsr_ns.config import threedsr_trainer_config
-from threedsr_ns.runs import quiet, setup_trainer
+from threedsr_ns.runs import print_and_save_json, quiet, setup_trainer
 from threedsr_ns.timing import IterationRecorder
 
 
@@ -121,9 +120,7 @@ def main() -> None:
             row.update(frames=len(lat), frame_median_ms=statistics.median(lat), frame_p95_ms=float(np.percentile(lat, 95)),
                        frames_per_s=len(lat) / row["wall_s"] if row.get("wall_s") else None)
         result["phases"].append(row)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    print_and_save_json(result, args.json)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Optional
+
 import torch
 
 
@@ -19,6 +23,15 @@ def setup_trainer(config):
     trainer = config.setup(local_rank=0, world_size=1)
     getattr(trainer, "setup_raising", trainer.setup)()  # a 3dsr trainer's errors as exceptions, not SystemExit
     return trainer
+
+
+def print_and_save_json(result: dict, path: Optional[Path]) -> None:
+    """A benchmark's result: printed as JSON and, given a path, written there too (its folder made if missing)."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
 
 
 def release_gpu_memory() -> None:
