@@ -51,8 +51,10 @@ def test_the_readme_quotes_the_benchmark():
     pace, preview = runs["pace"], runs["preview"]
     readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
     steps = preview["guidance_s"]
-    assert (f"`ns-train 3dsr-preview` took {preview['wall_s'] / 60:.1f} min on LLFF fern at 126×94 → 504×376 (its four "
-            f"guidance steps {min(steps):.0f}–{max(steps):.0f} s each), while the default method's first iterations on "
+    schedule = lambda run: "N0={N0}, K={K}, M={M}".format(**run["schedule"])  # noqa: E731
+    assert (f"`ns-train 3dsr-preview` took {preview['wall_s'] / 60:.1f} min on LLFF fern at 126×94 → 504×376 (its "
+            f"schedule {schedule(preview)}; its four guidance steps {min(steps):.0f}–{max(steps):.0f} s each), while the "
+            f"default method's first iterations ({schedule(pace)}, {pace['backend']} targets) on "
             f"fern at 504×378 took {pace['lr_ms_per_iteration'] / 1e3:.1f} s at LR and "
             f"{pace['hr_ms_per_iteration'] / 1e3:.1f} s at 2016×1512: its 50,000 iterations need a month") in readme
     month = (30000 * pace["lr_ms_per_iteration"] + 20000 * pace["hr_ms_per_iteration"]) / 1e3 / 86400

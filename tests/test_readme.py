@@ -489,7 +489,8 @@ def test_sd_x4_vae_dtype_figures_match_their_json():
         r = json.loads((RESULTS / f"guidance-step-h100-sd4-vae-{dtype}.json").read_text())
         assert (r["backend"], r["vae_dtype"], r["repeats"], r["predraw_noise"]) == (
             "sd-x4-upscaler-random", dtype, 1, True)
-        assert "H100" in r["device"] and r["cases"]["fern"]["views"] == 17
+        assert "H100" in r["device"] and r["cases"]["fern"]["views"] == 17 and len(r["timesteps"]) == 4
+        assert (r["cases"]["fern"]["lr_size"], r["cases"]["fern"]["sr_size"]) == ([504, 378], [2016, 1512])
         parts[dtype] = r["cases"]["fern"]
     bf16, f32 = parts["bfloat16"], parts["float32"]
     assert (f"step 2 over fern's 17 views took {bf16['step2']['step']:.2f} s against {f32['step2']['step']:.2f} s "
