@@ -9,6 +9,8 @@ Runs, each through nerfstudio's own trainer, timed from construction (models loa
     python scripts/benchmark.py all --data data/fern --out bench         # everything, then the summary
     python scripts/benchmark.py run --kind 3dsr --data data/fern --out bench
     python scripts/benchmark.py summarize --out bench --json benchmarks/results/h100-fern.json
+    python scripts/benchmark.py run --kind no-diffusion --data data/fern --out prof --warmup-iters 3000 \
+        --denoise-steps 1 --phase-iters 400 --kernel-profile 300 50     # where an HR iteration's GPU time goes
 
 Each run writes <out>/<kind>.json; `summarize` merges them into one JSON and a Markdown table beside it.
 """
@@ -22,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Tuple
 
 import torch
 import tyro
@@ -32,7 +34,7 @@ from threedsr_ns.dataparser import ThreeDSRDataParserConfig
 from threedsr_ns.model import OfflineSplatfactoModel
 from threedsr_ns.pipeline import ThreeDSRPipelineConfig
 from threedsr_ns.runs import quiet, release_gpu_memory, setup_trainer
-from threedsr_ns.timing import IterationRecorder
+from threedsr_ns.timing import IterationRecorder, KernelProfile, kernel_table
 
 Kind = Literal["3dsr", "no-diffusion", "splatfacto"]
 KINDS = ("3dsr", "no-diffusion", "splatfacto")
@@ -59,13 +61,17 @@ def make_config(kind: Kind, data: Path, out: Path, warmup: int, steps: int, phas
 
 
 def run(kind: Kind, data: Path, out: Path, warmup: int, steps: int, phase: int, splatfacto_iters: int,
-        profile: bool = False) -> dict:
+        profile: bool = False, kernel_profile: Optional[Tuple[int, int]] = None) -> dict:
     config = make_config(kind, data, out, warmup, steps, phase, splatfacto_iters)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     trainer = setup_trainer(config)
     recorder = IterationRecorder(trainer)
+    kernels = None
+    if kernel_profile is not None:  # from the first HR step on (splatfacto: from step 0)
+        first = 0 if kind == "splatfacto" else warmup
+        kernels = KernelProfile(trainer, first + kernel_profile[0], kernel_profile[1])
     setup_s = time.perf_counter() - start
     if profile:  # where the trainer's per-iteration time goes (Python side), top 40 by cumulative time
         import cProfile
@@ -99,6 +105,13 @@ def run(kind: Kind, data: Path, out: Path, warmup: int, steps: int, phase: int, 
         result["backend"] = pipeline.config.sr_backend
         result["random_weights"] = bool(getattr(pipeline.backend, "random_weights", False))
         result["schedule"] = {"warmup_iters": warmup, "denoise_steps": steps, "phase_iters": phase}
+    if kernels is not None:
+        if not kernels.summary:
+            raise SystemExit(f"--kernel-profile {kernel_profile[0]} {kernel_profile[1]}: the run ended before step "
+                             f"{kernels.stop - 1}; profile fewer steps or train longer")
+        result["kernel_profile"] = kernels.summary
+        (out / f"{kind}.kernels.md").write_text(kernel_table(kernels.summary))
+        print(kernel_table(kernels.summary))
     (out / f"{kind}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "gaussians"}, indent=2))
     return result
@@ -174,6 +187,9 @@ class Run:
     splatfacto_iters: int = 20000
     profile: bool = False
     """Run under cProfile and write <out>/<kind>.profile.txt (slows the run: not for the timing figures)."""
+    kernel_profile: Optional[Tuple[int, int]] = None
+    """OFFSET COUNT: profile COUNT iterations from OFFSET steps after the warm-up (splatfacto: after step 0) with
+    torch.profiler; the top kernels by device time go into <out>/<kind>.kernels.md and the run's JSON."""
 
 
 @dataclass
@@ -198,7 +214,7 @@ def main() -> None:
     kinds = KINDS if isinstance(args, All) else (args.kind,)
     for kind in kinds:
         run(kind, args.data, args.out, args.warmup_iters, args.denoise_steps, args.phase_iters, args.splatfacto_iters,
-            args.profile)
+            args.profile, args.kernel_profile)
         release_gpu_memory()
     if isinstance(args, All):
         summarize(args.out, args.json, command)

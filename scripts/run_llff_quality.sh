@@ -9,7 +9,8 @@
 #   COMPARE_ARGS="--v2-model-path DIR" bash scripts/run_llff_quality.sh start ...   # more compare.py options
 #   COMPARE_ARGS="--stop-after-warmup" ...; later, on another machine, COMPARE_ARGS="--warmup-run DIR" ...   # a job
 #                                     # split at the warm-up across device sessions (DIR: WORK/<scene>/runs/<scene>/
-#                                     # 3dsr/warm-up, carried back and in by hand: collect leaves runs/ out)
+#                                     # 3dsr/warm-up, brought back by collect-warmup below and carried in again
+#                                     # with scripts/carry.py: collect leaves runs/ out)
 #   ISOLATED=1 bash scripts/run_llff_quality.sh start ...   # timings: one training process on the GPU at a time
 #                                     # (compare.py --jobs 1 --separate-processes: each method in a fresh process,
 #                                     # one after another; the scenes one after another, no MPS)
@@ -27,6 +28,10 @@
 #   bash scripts/run_llff_quality.sh stop WORK                      # end the job and every process it started
 #   bash scripts/run_llff_quality.sh collect-warmup WORK OUT FIRST COUNT   # pieces FIRST.. of the warm-ups, into OUT
 #   bash scripts/run_llff_quality.sh join-warmup PIECES DEST        # on the next machine: DEST/<scene>/warm-up
+# Data, weights and a warm-up go in over several device calls as units of scripts/carry.py (each under the 64 MiB a
+# call carries beside the checkout); e.g. join-warmup here, `python scripts/carry.py pack DEST/fern/warm-up
+# .data/carry --name wu`, then one call per unit: `python3 scripts/carry.py unpack .data/carry/wu.NN
+# /root/wu/fern/warm-up` (the folder appears once whole).
 # collect-warmup packs each scene's finished warm-up (config.yml, warmup.json, its last checkpoint: ~90 MB at fern's
 # N0=30000) once, in pieces of WARMUP_PIECE_BYTES (default 15000000) under WORK/warm-up-pieces, with an md5 of the
 # whole, and copies COUNT of them from the FIRST (0-based, over all scenes in order; md5 files come with each call)

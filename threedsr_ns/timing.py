@@ -1,5 +1,6 @@
-"""Wall time of the parts of a guidance step (SectionTimer), and the per-iteration wall time and Gaussian count of a
-nerfstudio training run (IterationRecorder: benchmarks, studies)."""
+"""Wall time of the parts of a guidance step (SectionTimer), the per-iteration wall time and Gaussian count of a
+nerfstudio training run (IterationRecorder: benchmarks, studies), and a kernel profile of some of its iterations
+(KernelProfile: scripts/benchmark.py --kernel-profile)."""
 
 from __future__ import annotations
 
@@ -56,3 +57,71 @@ class SectionTimer:
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+class KernelProfile:
+    """torch.profiler over `count` training iterations from global step `start` (benchmarks): where an iteration's
+    time goes on the device, kernel by kernel (on a machine without CUDA, the CPU ops instead)."""
+
+    def __init__(self, trainer, start: int, count: int, top: int = 25) -> None:
+        if count < 1:
+            raise ValueError(f"count must be >= 1, got {count}")
+        self.start, self.stop, self.top = start, start + count, top
+        self.cuda = torch.cuda.is_available()
+        self.profiler = None
+        self.summary: Dict = {}
+        self._begin = 0.0
+        trainer.callbacks.append(TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], self._before))
+        trainer.callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], self._after))
+
+    def _before(self, step: int) -> None:
+        if step == self.start:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if self.cuda:
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+                torch.cuda.synchronize()
+            self.profiler = torch.profiler.profile(activities=activities)
+            self.profiler.start()
+            self._begin = time.perf_counter()
+
+    def _after(self, step: int) -> None:
+        if step == self.stop - 1 and self.profiler is not None:
+            if self.cuda:
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - self._begin
+            self.profiler.stop()
+            self.summary = summarize_kernels(self.profiler.key_averages(), self.stop - self.start, wall, self.cuda,
+                                             self.top)
+            self.summary["steps"] = [self.start, self.stop]
+            self.profiler = None
+
+
+def summarize_kernels(events, iterations: int, wall_s: float, device: bool, top: int) -> Dict:
+    """Per iteration: wall time, the summed self time of every event on the device (kernels; without CUDA, every CPU
+    op), and the `top` events by that time with their share of it."""
+
+    def own(event) -> float:  # microseconds
+        if device:
+            return float(getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0))
+        return float(event.self_cpu_time_total)
+
+    timed = sorted((e for e in events if own(e) > 0), key=own, reverse=True)
+    total_us = sum(own(e) for e in timed)
+    rows = [{"name": e.key[:160], "ms_per_iteration": own(e) / 1e3 / iterations,
+             "share": own(e) / total_us if total_us else 0.0, "calls_per_iteration": e.count / iterations}
+            for e in timed[:top]]
+    return {"iterations": iterations, "wall_ms_per_iteration": wall_s * 1e3 / iterations,
+            "timed_on": "cuda" if device else "cpu",
+            "busy_ms_per_iteration": total_us / 1e3 / iterations, "top": rows}
+
+
+def kernel_table(summary: Dict) -> str:
+    """summarize_kernels' result as Markdown."""
+    what = "device (CUDA kernels)" if summary["timed_on"] == "cuda" else "CPU (no CUDA: CPU ops' self time)"
+    first, stop = summary["steps"]
+    lines = [f"Steps {first}-{stop - 1}: {summary['wall_ms_per_iteration']:.2f} ms wall and "
+             f"{summary['busy_ms_per_iteration']:.2f} ms busy on the {what} per iteration.", "",
+             "| event | ms / iteration | share of busy | calls / iteration |", "|---|---|---|---|"]
+    lines += [f"| `{r['name']}` | {r['ms_per_iteration']:.3f} | {r['share']:.1%} | {r['calls_per_iteration']:.1f} |"
+              for r in summary["top"]]
+    return "\n".join(lines) + "\n"
