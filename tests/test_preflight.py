@@ -4,12 +4,14 @@ images and masks are turned into what the loop needs (real fern images, tiny ran
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -191,3 +193,94 @@ def test_targets_over_the_budget_stay_on_the_cpu_and_are_served_per_view(fern_co
     camera, batch = dm.next_train(11)
     assert batch["image"].device == torch.device(pipeline.device)
     assert torch.equal(batch["image"].cpu(), dm.sr_targets[camera.metadata["cam_idx"]])
+
+
+def _live_hr_state_bytes(shape) -> int:
+    """Bytes of every live tensor holding N-view images at the HR size (by storage, each counted once)."""
+    n, h, w, _ = shape
+    seen, total = set(), 0
+    for obj in gc.get_objects():
+        try:
+            hr = issubclass(type(obj), torch.Tensor) and obj.dim() == 4 and (h, w) in (tuple(obj.shape[-2:]),
+                                                                                    tuple(obj.shape[1:3]))
+        except ReferenceError:  # a weak proxy whose referent is gone
+            continue
+        if hr and obj.untyped_storage().data_ptr() not in seen:
+            seen.add(obj.untyped_storage().data_ptr())
+            total += obj.untyped_storage().nbytes()
+    return total
+
+
+@pytest.mark.parametrize("backend", ["compact", "tiny-random"])
+def test_the_guidance_state_estimate_bounds_what_real_steps_hold(fern_copy: Path, monkeypatch, backend: str,
+                                                                 one_torch_thread):
+    """Real guidance steps (the shipped compact prior: pixel-space latents; the SD x4 architecture, tiny: latents on
+    the LR grid) on real views: at every part of every step, the HR-sized tensors alive stay within the estimate the
+    pre-flight check and the device choice use, and the estimate is not wildly above them."""
+    import threedsr_ns.guidance as guidance
+    import threedsr_ns.sampler as sampler
+
+    pipeline = make_pipeline(fern_copy, sr_backend=backend, denoise_steps=2)
+    dm = pipeline.datamanager
+    estimate = dm.guidance_state_bytes  # planned at start-up, before any HR size exists
+    shape = dm.sr_target_shape(4)
+    peak = [0]
+
+    def watched(function):
+        def call(*args, **kwargs):
+            peak[0] = max(peak[0], _live_hr_state_bytes(shape))
+            out = function(*args, **kwargs)
+            peak[0] = max(peak[0], _live_hr_state_bytes(shape))
+            return out
+        return call
+
+    for module, name in ((guidance, "posterior_step"), (guidance, "start_latents"), (sampler, "wavelet_color_fix")):
+        monkeypatch.setattr(module, name, watched(getattr(module, name)))
+    for name in ("encode", "decode", "predict_x0"):
+        monkeypatch.setattr(pipeline.backend, name, watched(getattr(pipeline.backend, name)))
+    monkeypatch.setattr(dm, "swap", watched(dm.swap))
+    for k in (1, 2):  # the start, then a posterior step toward renders (3dsr's peak: renders and x_t both held)
+        pipeline.run_guidance_step(k, step=10 + 5 * (k - 1))
+    one_copy = shape[0] * shape[1] * shape[2] * 3 * 4
+    assert dm.guidance_state_bytes == estimate
+    assert 0.5 * estimate < peak[0] <= estimate, (peak[0] / one_copy, estimate / one_copy)
+
+
+def test_a_capture_too_big_for_the_hosts_memory_fails_before_the_warm_up(fern_copy: Path, monkeypatch):
+    """Targets kept on the CPU (over the GPU budget, or no GPU) must fit the memory the host has free: a capture that
+    would not fails at start-up in one line with the numbers and the fix, instead of at the first guidance step."""
+    import threedsr_ns.preflight as preflight
+
+    need = make_pipeline(fern_copy).datamanager.guidance_state_bytes  # 17 views of 128x96: ~27 MB
+    monkeypatch.setattr(preflight, "host_memory_available", lambda: int(need / 2))
+    message = one_line_preflight_error(fern_copy, "need ~0.0 GB of host memory")
+    assert "17 train views at x4 (128x96)" in message and "downscale-factor 2" in message
+    monkeypatch.setattr(preflight, "host_memory_available", lambda: 2 * need)
+    assert make_pipeline(fern_copy).datamanager.targets_device == torch.device("cpu")
+
+
+def test_the_guidance_state_leaves_a_small_gpu_for_the_cpu(fern_copy: Path, monkeypatch):
+    """On CUDA the targets stay on the GPU only when a guidance step's whole state takes at most half of its memory
+    (3DGS training needs the rest); the device's size is all that is faked here."""
+    dm = make_pipeline(fern_copy).datamanager
+    need = dm.guidance_state_bytes
+    monkeypatch.setattr(dm, "device", "cuda:0")
+    for total, where in ((2 * need, "cuda"), (2 * need - 1, "cpu")):
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device, total=total: SimpleNamespace(
+            total_memory=total))
+        assert dm.targets_device.type == where
+    dm.config.targets_on_gpu_max_gb = 0.0  # the budget on the targets alone still applies
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=10**15))
+    assert dm.targets_device.type == "cpu"
+
+
+def test_host_memory_is_capped_by_a_containers_cgroup_limit(tmp_path: Path):
+    from threedsr_ns.preflight import host_memory_available
+
+    free = host_memory_available(tmp_path)  # no cgroup files: the machine's available memory
+    assert free is not None and free > 0
+    (tmp_path / "memory.max").write_text("max\n")
+    (tmp_path / "memory.current").write_text("123\n")
+    assert abs(host_memory_available(tmp_path) - free) < 2**28  # no limit (the machine's use moves a little)
+    (tmp_path / "memory.max").write_text(f"{10**6 + 123}\n")
+    assert host_memory_available(tmp_path) == 10**6

@@ -93,7 +93,24 @@ class ThreeDSRDataManagerConfig(FullImageDatamanagerConfig):
     cache_images_type: Literal["uint8", "float32"] = "uint8"
     targets_on_gpu_max_gb: float = 4.0
     """SR targets (float32, N x sH x sW x 3) up to this size live on the training device; larger ones stay on the
-    CPU (pinned under CUDA) and each view is copied to the device when it is served, as are the sampler's latents."""
+    CPU (pinned under CUDA) and each view is copied to the device when it is served, as are the sampler's latents.
+    On CUDA they also stay on the CPU when a guidance step's whole state (`guidance_state_bytes`) would take more than
+    half of the GPU's memory (GPU_STATE_FRACTION), which 3DGS training needs too."""
+
+
+GPU_STATE_FRACTION = 0.5
+"""A guidance step's state (`guidance_state_bytes`) stays on the GPU only up to this fraction of its memory."""
+
+
+def guidance_state_copies(latent_factor: int) -> float:
+    """A guidance step's peak on its work device (threedsr_ns.pipeline.run_guidance_step), in float32 copies of the
+    N train views' HR images: the most the N-view tensors alive at once (the bicubic-upsampled LR, the renders, the
+    sampler's x_t of the last step and the new one, x~0, x0, the decode, the colour fix and the targets) came to 9.1
+    copies for a prior whose latents are the HR pixels (latent_factor 1: compact, compact-v2, bicubic, realesrgan)
+    and 5.1 for one whose latents are on the LR grid (SD x4), measured with real steps
+    (tests/test_preflight.py::test_the_guidance_state_estimate_bounds_what_real_steps_hold), plus two copies for the
+    arithmetic's temporaries (and, in latent space, one for the latents themselves)."""
+    return 11.0 if latent_factor == 1 else 8.0
 
 
 class ThreeDSRDataManager(FullImageDatamanager[ThreeDSRDataset]):
@@ -114,6 +131,9 @@ class ThreeDSRDataManager(FullImageDatamanager[ThreeDSRDataset]):
         self.eval_has_gt = False
         """True once the eval images are the GT at xs (ns-eval then reports HR metrics)."""
         self._lr_size: Optional[Tuple[int, int]] = None
+        self.guidance_state_copies = guidance_state_copies(1)
+        """See guidance_state_copies(); plan_guidance() sets it from the SR backend (this default: the larger)."""
+        self._planned_scale: Optional[int] = None
         self._check_files()
         if test_mode == "inference":  # images are never read: undistort the cameras as caching would
             for dataset in (self.train_dataset, self.eval_dataset):
@@ -184,12 +204,34 @@ class ThreeDSRDataManager(FullImageDatamanager[ThreeDSRDataset]):
         s = self.upscale_factor if scale is None else scale
         return (self.num_train_views, s * h, s * w, 3)
 
+    def plan_guidance(self, scale: int, latent_factor: int) -> None:
+        """What the HR phases will hold (the pipeline says so at start-up): xs targets, and the state of an SR
+        backend with this latent_factor. From then on `targets_device` and `guidance_state_bytes` answer for them,
+        during the warm-up too (the pre-flight check reads them)."""
+        self._planned_scale, self.guidance_state_copies = scale, guidance_state_copies(latent_factor)
+
+    def _hr_target_shape(self) -> Tuple[int, int, int, int]:
+        """sr_target_shape at the HR phases' scale: the current one, or the planned one during the warm-up."""
+        return self.sr_target_shape(self._planned_scale if self.upscale_factor == 1 and self._planned_scale else None)
+
+    @property
+    def guidance_state_bytes(self) -> int:
+        """Estimated peak bytes a guidance step holds on its work device (`targets_device`): guidance_state_copies
+        float32 copies of the N train views' SR targets."""
+        n, h, w, c = self._hr_target_shape()
+        return int(self.guidance_state_copies * n * h * w * c * 4)
+
     @property
     def targets_device(self) -> torch.device:
-        """Where the SR targets (and the sampler's latents) are kept: the device unless over the budget."""
-        n, h, w, c = self.sr_target_shape(max(self.upscale_factor, 1))
+        """Where the SR targets, the sampler's latents and a guidance step's work are kept: the training device
+        unless the targets exceed `targets_on_gpu_max_gb` or, on CUDA, the step's state would take more than
+        GPU_STATE_FRACTION of the GPU's memory; then the CPU."""
+        n, h, w, c = self._hr_target_shape()
         fits = n * h * w * c * 4 <= self.config.targets_on_gpu_max_gb * 1e9
-        return torch.device(self.device) if fits else torch.device("cpu")
+        device = torch.device(self.device)
+        if fits and device.type == "cuda":
+            fits = self.guidance_state_bytes <= GPU_STATE_FRACTION * torch.cuda.get_device_properties(device).total_memory
+        return device if fits else torch.device("cpu")
 
     def lr_images(self, device: Optional[Union[torch.device, str]] = None) -> torch.Tensor:
         """Every train view's LR image as [N, 3, h, w] float in [0, 1] (composited, RGB) on `device` (default: the

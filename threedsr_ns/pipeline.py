@@ -168,6 +168,7 @@ class ThreeDSRPipeline(VanillaPipeline):
             self.backend = make_backend(**backend_kwargs(config), device=self.device)
             self.backend.check_scale(config.upscale_factor)
             self.backend.offload()
+            self.datamanager.plan_guidance(config.upscale_factor, self.backend.latent_factor)
             self.timesteps = self.backend.denoise_timesteps(config.denoise_steps, config.start_timestep)
             self.threedsr_viewer = ThreeDSRViewerPanel.for_pipeline(self)
             preflight(self)  # before any 3DGS iteration: a bad capture or backend fails now, in one line
