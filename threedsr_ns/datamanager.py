@@ -104,13 +104,13 @@ GPU_STATE_FRACTION = 0.5
 
 def guidance_state_copies(latent_factor: int) -> float:
     """A guidance step's peak on its work device (threedsr_ns.pipeline.run_guidance_step), in float32 copies of the
-    N train views' HR images: the most the N-view tensors alive at once (the bicubic-upsampled LR, the renders, the
-    sampler's x_t of the last step and the new one, x~0, x0, the decode, the colour fix and the targets) came to 9.1
-    copies for a prior whose latents are the HR pixels (latent_factor 1: compact, compact-v2, bicubic, realesrgan)
-    and 5.1 for one whose latents are on the LR grid (SD x4), measured with real steps
-    (tests/test_preflight.py::test_the_guidance_state_estimate_bounds_what_real_steps_hold), plus two copies for the
-    arithmetic's temporaries (and, in latent space, one for the latents themselves)."""
-    return 11.0 if latent_factor == 1 else 8.0
+    N train views' HR images. Where the latents are the HR pixels (latent_factor 1: compact, compact-v2, bicubic,
+    realesrgan) the pipeline holds the bicubic-upsampled LR, the renders, the last step's x_t and the targets while the
+    posterior step makes x~0, x_t, a temporary and the noise: 8 copies at most; the N-view tensors alive between the
+    backend's calls came to 7.1 copies in real steps (tests/test_preflight.py::
+    test_the_guidance_state_estimate_bounds_what_real_steps_hold), 4.6 for the SD x4 architecture, whose latents are
+    on the LR grid. With a copy or two of margin: 10 and 7."""
+    return 10.0 if latent_factor == 1 else 7.0
 
 
 class ThreeDSRDataManager(FullImageDatamanager[ThreeDSRDataset]):

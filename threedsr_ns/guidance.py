@@ -235,15 +235,17 @@ def ddpm_posterior_step(
     a_t = _alpha_bar(alphas_cumprod, t, x_t)
     a_s = _alpha_bar(alphas_cumprod, t_prev, x_t)
     a_ts = a_t / a_s
-    mean = (a_s.sqrt() * (1.0 - a_ts) / (1.0 - a_t)) * x0.float() + (
-        a_ts.sqrt() * (1.0 - a_s) / (1.0 - a_t)
-    ) * x_t.float()
+    if noise is not None and noise.shape != x_t.shape:
+        raise ValueError(f"noise shape {tuple(noise.shape)} != x_t shape {tuple(x_t.shape)}")
+    # mean, then the noise, summed in place: the same operations as mean + sqrt(var) * noise, with fewer N-view
+    # temporaries alive at once (at HR in pixel space each is all the views' images)
+    out = (a_s.sqrt() * (1.0 - a_ts) / (1.0 - a_t)) * x0.float()
+    out += (a_ts.sqrt() * (1.0 - a_s) / (1.0 - a_t)) * x_t.float()
     var = (1.0 - a_s) / (1.0 - a_t) * (1.0 - a_ts)
     if noise is None:
         noise = _randn_like(x_t, generator)
-    elif noise.shape != x_t.shape:
-        raise ValueError(f"noise shape {tuple(noise.shape)} != x_t shape {tuple(x_t.shape)}")
-    return (mean + var.sqrt() * noise.to(x_t.device, torch.float32)).to(x_t.dtype)
+    out += var.sqrt() * noise.to(x_t.device, torch.float32)
+    return out.to(x_t.dtype)
 
 
 def ddim_step(

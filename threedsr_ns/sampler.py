@@ -77,12 +77,16 @@ def sampler_step(backend, timesteps: Sequence[int], k: int, lr: torch.Tensor, lr
         with section("noise"):
             x_t = guidance.posterior_step(latents.to(lr.device).float(), x0_target, timesteps[k - 2], t,
                                           backend.alphas_cumprod, generator=generator, kind=posterior, noise=noise)
+        del x0_target  # N views' worth of memory the rest of the step does not need
     with section("denoise"):
         x0 = _predict_x0(backend, x_t, t, lr, generator)
     with section("decode"):
         sr = backend.decode(x0)
+        del x0
         if color_fix:
             step = max(int(getattr(backend, "batch_size", 0) or sr.shape[0]), 1)  # the backend's batches
-            sr = torch.cat([wavelet_color_fix(sr[i : i + step], lr_up[i : i + step])
-                            for i in range(0, sr.shape[0], step)]) if sr.shape[0] else sr
+            if sr.data_ptr() in (x_t.data_ptr(), lr_up.data_ptr()):  # never write into the state or the input
+                sr = sr.clone()
+            for i in range(0, sr.shape[0], step):  # in place, batch by batch: no second copy of all views
+                sr[i : i + step] = wavelet_color_fix(sr[i : i + step], lr_up[i : i + step])
     return x_t, sr
