@@ -189,7 +189,8 @@ class Run:
     """Run under cProfile and write <out>/<kind>.profile.txt (slows the run: not for the timing figures)."""
     kernel_profile: Optional[Tuple[int, int]] = None
     """OFFSET COUNT: profile COUNT iterations from OFFSET steps after the warm-up (splatfacto: after step 0) with
-    torch.profiler; the top kernels by device time go into <out>/<kind>.kernels.md and the run's JSON."""
+    torch.profiler; the top kernels by device time go into <out>/<kind>.kernels.md and the run's JSON (those
+    iterations run slower under the profiler: leave them out of timing figures)."""
 
 
 @dataclass

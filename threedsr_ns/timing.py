@@ -101,9 +101,10 @@ def summarize_kernels(events, iterations: int, wall_s: float, device: bool, top:
     op), and the `top` events by that time with their share of it."""
 
     def own(event) -> float:  # microseconds
-        if device:
-            return float(getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0))
-        return float(event.self_cpu_time_total)
+        if not device:
+            return float(event.self_cpu_time_total)
+        value = getattr(event, "self_device_time_total", None)  # torch >= 2.4; self_cuda_time_total before
+        return float(getattr(event, "self_cuda_time_total", 0.0) if value is None else value)
 
     timed = sorted((e for e in events if own(e) > 0), key=own, reverse=True)
     total_us = sum(own(e) for e in timed)
