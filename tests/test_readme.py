@@ -525,3 +525,12 @@ def test_paper_schedule_figures_match_their_run():
     targets, renders = logged_detail_energy("paper-schedule", "flower")
     assert (f"the renders hold only {min(renders):.2f}–{max(renders):.2f} of step 1's detail energy, and the new "
             f"targets fall from {targets[0]:.2f} at step 2 to {targets[-1]:.2f} at step 4") in README_FLAT
+
+
+def test_guidance_state_copies_quoted_are_the_codes():
+    from threedsr_ns.datamanager import GPU_STATE_FRACTION, guidance_state_copies
+
+    pixel, latent = guidance_state_copies(1), guidance_state_copies(4)  # compact priors, SD x4
+    assert (f"(~{pixel:.0f} float32 copies of the N views' ×4 images with the compact priors, ~{latent:.0f} with SD ×4:"
+            in README_WORDS)
+    assert GPU_STATE_FRACTION == 0.5 and "would take more than half the GPU's memory" in README_WORDS
