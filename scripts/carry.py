@@ -109,6 +109,9 @@ def pack(src: Path, out: Path, name: str, max_bytes: int, include: List[str] = (
         (udir / f"{name}{MANIFEST_SUFFIX}").write_text(json.dumps(manifest, indent=1) + "\n")
     for udir in dirs:
         total = sum(p.stat().st_size for p in udir.rglob("*") if p.is_file())
+        if total > max_bytes:  # the manifest's room was an estimate (very long paths)
+            raise SystemExit(f"carry pack: {udir} came to {total / 1e6:.2f} MB, over --max-mb {max_bytes / 1e6:g}; "
+                             f"pack again with a smaller --max-mb")
         print(f"{udir}  {total / 1e6:.1f} MB")
     print(f"{len(files)} files of {src} in {len(dirs)} unit(s) of at most {max_bytes / 1e6:g} MB")
     return dirs
