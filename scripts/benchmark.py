@@ -110,8 +110,9 @@ def run(kind: Kind, data: Path, out: Path, warmup: int, steps: int, phase: int, 
             raise SystemExit(f"--kernel-profile {kernel_profile[0]} {kernel_profile[1]}: the run ended before step "
                              f"{kernels.stop - 1}; profile fewer steps or train longer")
         result["kernel_profile"] = kernels.summary
-        (out / f"{kind}.kernels.md").write_text(kernel_table(kernels.summary))
-        print(kernel_table(kernels.summary))
+        table = kernel_table(kernels.summary)
+        (out / f"{kind}.kernels.md").write_text(table)
+        print(table)
     (out / f"{kind}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "gaussians"}, indent=2))
     return result

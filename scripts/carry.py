@@ -49,17 +49,11 @@ def _selected(rel: str, include: List[str], exclude: List[str]) -> bool:
     return not any(fnmatch.fnmatch(rel, p) for p in exclude)
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def pack(src: Path, out: Path, name: str, max_bytes: int, include: List[str] = (),
          exclude: List[str] = ()) -> List[Path]:
     """Split the files under `src` into units out/name.NN of at most `max_bytes` each; returns the unit folders."""
+    from threedsr_ns.artifacts import link_or_copy  # here, not at the top: unpack runs with the standard library only
+
     if not src.is_dir():
         raise SystemExit(f"carry pack: {src} is not a folder")
     files = sorted(p for p in src.rglob("*") if p.is_file() and _selected(p.relative_to(src).as_posix(),
@@ -96,10 +90,10 @@ def pack(src: Path, out: Path, name: str, max_bytes: int, include: List[str] = (
         if udir.exists():
             shutil.rmtree(udir)
         for rel, path, offset, length in unit:
+            (udir / rel).parent.mkdir(parents=True, exist_ok=True)
             if offset == 0 and length == path.stat().st_size:
-                _link_or_copy(path, udir / rel)
+                link_or_copy(path, udir / rel)
             else:
-                (udir / rel).parent.mkdir(parents=True, exist_ok=True)
                 with open(path, "rb") as f_in, open(udir / rel, "wb") as f_out:
                     f_in.seek(offset)
                     f_out.write(f_in.read(length))

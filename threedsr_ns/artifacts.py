@@ -90,16 +90,20 @@ class ArtifactWriter:
                 raise error
 
 
+def link_or_copy(src: Path, dst: Path) -> None:
+    """`dst` (replaced if there) as a hard link to `src`, or a copy of it where the file system cannot link."""
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
 def link_sr_targets(source: Path, folder: Path, names: Sequence[str]) -> None:
     """<folder>/<name>.png as a hard link to (where the file system cannot link: a copy of) <source>/<name>.png."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
-        src, dst = source / f"{Path(name).stem}.png", folder / f"{Path(name).stem}.png"
-        dst.unlink(missing_ok=True)
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copyfile(src, dst)
+        link_or_copy(source / f"{Path(name).stem}.png", folder / f"{Path(name).stem}.png")
 
 
 def _write(sheet_path: Path, sheet: Image.Image, folder: Optional[Path], targets: Optional[np.ndarray],
