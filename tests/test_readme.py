@@ -531,6 +531,7 @@ def test_guidance_state_copies_quoted_are_the_codes():
     from threedsr_ns.datamanager import GPU_STATE_FRACTION, guidance_state_copies
 
     pixel, latent = guidance_state_copies(1), guidance_state_copies(4)  # compact priors, SD x4
-    assert (f"(~{pixel:.0f} float32 copies of the N views' ×4 images with the compact priors, ~{latent:.0f} with SD ×4:"
-            in README_WORDS)
+    assert (f"(the state is counted as {pixel:.0f} float32 copies of the N views' ×4 images with the compact priors, "
+            f"{latent:.0f} with SD ×4: targets, renders, the sampler's latents and its working copies, by "
+            f"`threedsr_ns.datamanager.guidance_state_copies`" in README_WORDS)
     assert GPU_STATE_FRACTION == 0.5 and "would take more than half the GPU's memory" in README_WORDS
